@@ -1,0 +1,46 @@
+"""The ``plumb`` command line: one module per subcommand, each exposing ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from ..errors import PlumbError
+
+# Each name is a module plumb.cli.<name> with register(subparsers) that sets a ``func``
+# default returning the exit code.
+_SUBCOMMANDS = ("bench",)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="plumb", description="Expert-parallel load balancer for MoE inference."
+    )
+    parser.add_argument("--version", action="version", version=f"plumb {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except (PlumbError, ValueError, TypeError, OSError) as err:
+        # User errors get one line, never a traceback.
+        print(f"plumb {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
