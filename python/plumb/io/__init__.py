@@ -1,0 +1,1 @@
+"""Readers and writers for load statistics and placements (plumb's own and the engines')."""

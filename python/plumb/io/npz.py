@@ -1,0 +1,107 @@
+"""plumb's own statistics format: one ``.npz`` archive.
+
+Keys (all optional but at least one of ``loads`` / ``window``):
+    ``window``   int64 or float64 [T, L, E], per-step expert counts, oldest step first.
+    ``loads``    int64 or float64 [L, E], aggregated counts (written when no window is kept).
+    ``traffic``  [L, G, E] or [T, L, G, E], counts sent by each source rank to each expert.
+    ``meta``     0-d unicode array holding a JSON object: ``{"format": "plumb", "version": 1,
+                 ...free-form fields such as model, num_ranks, steps...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import PathLike, atomic_write
+
+FORMAT_NAME = "plumb"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PlumbStats:
+    """Contents of a plumb ``.npz`` file; arrays as documented in the module docstring."""
+
+    window: Optional[np.ndarray] = None
+    loads: Optional[np.ndarray] = None
+    traffic: Optional[np.ndarray] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def aggregated_loads(self) -> np.ndarray:
+        """[L, E] loads: ``loads`` if present, else the window summed over steps."""
+        if self.loads is not None:
+            return self.loads
+        if self.window is None:
+            raise InputError("statistics hold neither 'loads' nor 'window'")
+        return self.window.sum(axis=0)
+
+
+def _check_counts(name: str, array: np.ndarray, ndim: int, path: PathLike) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != ndim:
+        raise InputError(f"{path}: field {name!r} must have {ndim} dims, got shape {list(array.shape)}")
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{path}: field {name!r} must be numeric, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: field {name!r} holds NaN or inf")
+    if np.any(array < 0):
+        raise InputError(f"{path}: field {name!r} holds negative counts")
+    return array
+
+
+def save_plumb_npz(path: PathLike, stats: PlumbStats) -> None:
+    """Atomically write ``stats`` to ``path`` (validated first; nothing is written on error)."""
+    arrays: Dict[str, np.ndarray] = {}
+    if stats.window is None and stats.loads is None:
+        raise InputError(f"{path}: need 'window' or 'loads' to write")
+    if stats.window is not None:
+        arrays["window"] = _check_counts("window", stats.window, 3, path)
+    if stats.loads is not None:
+        arrays["loads"] = _check_counts("loads", stats.loads, 2, path)
+    if stats.traffic is not None:
+        traffic = np.asarray(stats.traffic)
+        if traffic.ndim not in (3, 4):
+            raise InputError(f"{path}: traffic must be [L, G, E] or [T, L, G, E], got {list(traffic.shape)}")
+        arrays["traffic"] = _check_counts("traffic", traffic, traffic.ndim, path)
+    meta = {**stats.meta, "format": FORMAT_NAME, "version": FORMAT_VERSION}
+    arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_plumb_npz(path: PathLike) -> PlumbStats:
+    """Read a plumb ``.npz``; malformed content raises InputError naming the file and field."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable .npz archive ({err})") from None
+    with archive:
+        keys = set(archive.files)
+        meta: Dict[str, Any] = {}
+        if "meta" in keys:
+            try:
+                meta = json.loads(str(archive["meta"][()]))
+            except (ValueError, TypeError) as err:
+                raise InputError(f"{path}: field 'meta' is not JSON ({err})") from None
+            if not isinstance(meta, dict):
+                raise InputError(f"{path}: field 'meta' must be a JSON object")
+        if "window" not in keys and "loads" not in keys:
+            raise InputError(f"{path}: missing field 'window' or 'loads'")
+        window = _check_counts("window", archive["window"], 3, path) if "window" in keys else None
+        loads = _check_counts("loads", archive["loads"], 2, path) if "loads" in keys else None
+        traffic = None
+        if "traffic" in keys:
+            traffic = np.asarray(archive["traffic"])
+            if traffic.ndim not in (3, 4):
+                raise InputError(f"{path}: field 'traffic' must be [L, G, E] or [T, L, G, E], "
+                                 f"got shape {list(traffic.shape)}")
+            traffic = _check_counts("traffic", traffic, traffic.ndim, path)
+    if window is not None and loads is not None and window.shape[1:] != loads.shape:
+        raise InputError(f"{path}: 'window' {list(window.shape)} and 'loads' {list(loads.shape)} "
+                         "disagree on [L, E]")
+    return PlumbStats(window=window, loads=loads, traffic=traffic, meta=meta)
