@@ -1,0 +1,186 @@
+"""torch.library operators of plumb, registered once on import.
+
+``torch.ops.plumb.expert_histogram(Tensor topk_ids, int num_experts) -> Tensor``
+    int64 counts [E] for ids [T, k] (or flat [N]), [L, E] for ids [L, T, k].
+``torch.ops.plumb.expert_histogram_(Tensor(a!) out, Tensor topk_ids) -> ()``
+    adds the counts to ``out`` in place (E = out.shape[-1]).
+``torch.ops.plumb.expert_histogram_deferred_(Tensor(a!) out, Tensor(b!) num_invalid, Tensor topk_ids) -> ()``
+    like ``expert_histogram_`` but never synchronises with the host: invalid ids are skipped
+    and counted into ``num_invalid`` (int64 [1]) for the caller to check later.
+
+Ids are int32 or int64; -1 is padding. The checked ops raise ValueError naming the first id
+outside [0, E) and leave ``out`` unchanged. CPU tensors go to the C++ kernel without a copy
+(threads = ``torch.get_num_threads()``); every other device uses one fused ``scatter_add_``
+over all layers (ids offset by layer * E), which on CUDA costs one host sync for validation.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+import plumb_native
+
+__all__ = ["expert_histogram", "expert_histogram_", "expert_histogram_deferred_"]
+
+
+def _check_ids(topk_ids: torch.Tensor) -> None:
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"topk_ids must have dtype int32 or int64, got {topk_ids.dtype}")
+    if topk_ids.ndim not in (1, 2, 3):
+        raise ValueError(
+            f"topk_ids must be [T, k] or [L, T, k] (or flat [N]), got shape {list(topk_ids.shape)}"
+        )
+
+
+def _out_shape(topk_ids: torch.Tensor, num_experts: int) -> List[int]:
+    return [topk_ids.shape[0], num_experts] if topk_ids.ndim == 3 else [num_experts]
+
+
+def _check_out(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    _check_ids(topk_ids)
+    if out.dtype != torch.int64:
+        raise TypeError(f"out must have dtype int64, got {out.dtype}")
+    if out.ndim == 0 or out.shape[-1] < 1:
+        raise ValueError(f"out must be [E] or [L, E] with E >= 1, got shape {list(out.shape)}")
+    expected = _out_shape(topk_ids, out.shape[-1])
+    if list(out.shape) != expected:
+        raise ValueError(
+            f"out must have shape {expected} for topk_ids of shape {list(topk_ids.shape)}, "
+            f"got {list(out.shape)}"
+        )
+    if out.device != topk_ids.device:
+        raise ValueError(f"out is on {out.device} but topk_ids is on {topk_ids.device}")
+
+
+def _scatter_counts(
+    topk_ids: torch.Tensor, num_experts: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused device histogram: (counts [L*E] int64, invalid mask [L, N] bool, flat ids [L, N])."""
+    num_layers = topk_ids.shape[0] if topk_ids.ndim == 3 else 1
+    flat = topk_ids.reshape(num_layers, -1).to(torch.int64)
+    in_range = (flat >= 0) & (flat < num_experts)
+    invalid = ~in_range & (flat != -1)
+    offsets = torch.arange(num_layers, device=flat.device, dtype=torch.int64).unsqueeze(1)
+    # Padding and invalid ids land in one extra bin past the end, so no id ever writes
+    # outside the buffer and no data-dependent shape forces a sync.
+    target = torch.where(in_range, flat + offsets * num_experts, num_layers * num_experts)
+    counts = torch.zeros(num_layers * num_experts + 1, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, target.reshape(-1), torch.ones_like(target).reshape(-1))
+    return counts[:-1], invalid, flat
+
+
+def _raise_first_invalid(invalid: torch.Tensor, flat: torch.Tensor, topk_ids: torch.Tensor,
+                         num_experts: int) -> None:
+    first = int(torch.nonzero(invalid.reshape(-1))[0, 0])
+    value = int(flat.reshape(-1)[first])
+    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), topk_ids.shape))
+    raise ValueError(
+        f"expert id {value} at position {position} of ids with shape {list(topk_ids.shape)} "
+        f"is outside [0, {num_experts}); only -1 is allowed as padding"
+    )
+
+
+def _accumulate_device(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    num_experts = out.shape[-1]
+    counts, invalid, flat = _scatter_counts(topk_ids, num_experts)
+    if bool(invalid.any()):
+        _raise_first_invalid(invalid, flat, topk_ids, num_experts)
+    out.add_(counts.view(out.shape))
+
+
+def _accumulate_cpu(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    if out.is_contiguous():
+        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], out.numpy(),
+                               torch.get_num_threads())
+        return
+    out.add_(torch.from_numpy(
+        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], None, torch.get_num_threads())))
+
+
+@torch.library.custom_op("plumb::expert_histogram", mutates_args=())
+def expert_histogram(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """int64 per-layer expert counts of ``topk_ids`` (see module docstring)."""
+    _check_ids(topk_ids)
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    out = torch.zeros(_out_shape(topk_ids, num_experts), dtype=torch.int64,
+                      device=topk_ids.device)
+    _accumulate_device(out, topk_ids)
+    return out
+
+
+@expert_histogram.register_kernel("cpu")
+def _expert_histogram_cpu(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    _check_ids(topk_ids)
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    return torch.from_numpy(
+        plumb_native.histogram(topk_ids.numpy(), num_experts, None, torch.get_num_threads()))
+
+
+@expert_histogram.register_fake
+def _expert_histogram_fake(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    _check_ids(topk_ids)
+    return topk_ids.new_empty(_out_shape(topk_ids, num_experts), dtype=torch.int64)
+
+
+@torch.library.custom_op("plumb::expert_histogram_", mutates_args={"out"})
+def expert_histogram_(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    """Adds the per-layer counts of ``topk_ids`` to int64 ``out`` [E] / [L, E] in place."""
+    _check_out(out, topk_ids)
+    _accumulate_device(out, topk_ids)
+
+
+@expert_histogram_.register_kernel("cpu")
+def _expert_histogram_inplace_cpu(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    _check_out(out, topk_ids)
+    _accumulate_cpu(out, topk_ids)
+
+
+@expert_histogram_.register_fake
+def _expert_histogram_inplace_fake(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    _check_out(out, topk_ids)
+
+
+@torch.library.custom_op("plumb::expert_histogram_deferred_", mutates_args={"out", "num_invalid"})
+def expert_histogram_deferred_(out: torch.Tensor, num_invalid: torch.Tensor,
+                               topk_ids: torch.Tensor) -> None:
+    """Adds counts of valid ids to ``out`` and the number of invalid ids to ``num_invalid``
+    (int64 [1]) without a host sync; padding (-1) counts as neither."""
+    _check_out(out, topk_ids)
+    _check_num_invalid(num_invalid, out)
+    counts, invalid, _ = _scatter_counts(topk_ids, out.shape[-1])
+    out.add_(counts.view(out.shape))
+    num_invalid.add_(invalid.sum().reshape(1))
+
+
+@expert_histogram_deferred_.register_kernel("cpu")
+def _expert_histogram_deferred_cpu(out: torch.Tensor, num_invalid: torch.Tensor,
+                                   topk_ids: torch.Tensor) -> None:
+    _check_out(out, topk_ids)
+    _check_num_invalid(num_invalid, out)
+    try:
+        _accumulate_cpu(out, topk_ids)
+    except ValueError:
+        # Rare error path: the native kernel refuses invalid ids outright, so count the
+        # valid ones with the device path, which skips and tallies the invalid ones.
+        counts, invalid, _ = _scatter_counts(topk_ids, out.shape[-1])
+        out.add_(counts.view(out.shape))
+        num_invalid.add_(invalid.sum().reshape(1))
+
+
+@expert_histogram_deferred_.register_fake
+def _expert_histogram_deferred_fake(out: torch.Tensor, num_invalid: torch.Tensor,
+                                    topk_ids: torch.Tensor) -> None:
+    _check_out(out, topk_ids)
+    _check_num_invalid(num_invalid, out)
+
+
+def _check_num_invalid(num_invalid: torch.Tensor, out: torch.Tensor) -> None:
+    if num_invalid.dtype != torch.int64 or list(num_invalid.shape) != [1]:
+        raise ValueError(
+            f"num_invalid must be int64 [1], got {num_invalid.dtype} {list(num_invalid.shape)}")
+    if num_invalid.device != out.device:
+        raise ValueError(f"num_invalid is on {num_invalid.device} but out is on {out.device}")
