@@ -1,0 +1,13 @@
+"""Histogram benchmark: prints the table and rewrites its section of benchmarks/RESULTS.md."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from plumb.bench import histogram
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=histogram.__doc__)
+    histogram.add_arguments(parser)
+    parser.set_defaults(results=Path(__file__).with_name("RESULTS.md"))
+    sys.exit(histogram.run(parser.parse_args()))

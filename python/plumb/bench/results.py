@@ -1,0 +1,57 @@
+"""Shared helpers for benchmark output: timing and the sections of benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+from ..io.atomic import atomic_write
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table; cells are str()-ed as given."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """One line naming the machine the numbers came from."""
+    import os
+
+    return (f"{platform.machine()}, {os.cpu_count()} logical CPUs, Python "
+            f"{platform.python_version()}, {platform.system()}")
+
+
+def write_section(path: Path, section: str, command: str, body: str) -> None:
+    """Replace (or append) the ``## section`` block of the markdown file at ``path``.
+
+    The block records the command that produced it, the machine, and ``body``.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+    block = (f"## {section}\n\nCommand: `{command}`\n\nMachine: {machine_line()}\n\n"
+             f"{body.strip()}\n")
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    with atomic_write(path, "w") as handle:
+        handle.write(text.rstrip("\n") + "\n")
