@@ -19,7 +19,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # Register torch.ops.plumb.* eagerly only when the caller already uses torch, so that a
 # numpy-only user never pays for importing it.
-if "torch" in sys.modules:
+if sys.modules.get("torch") is not None:
     from . import ops as ops  # noqa: F401
 
 __all__ = ["PlumbError", "expert_histogram", "__version__"]
