@@ -11,6 +11,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import PlumbError
 from .histogram import expert_histogram
+from .solver import Placement, evaluate, solve
+from .topology import Topology
+from .rearrange import plan_rearrangement
+from .report import report
 
 try:
     __version__ = version("plumb")
@@ -22,4 +26,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 if sys.modules.get("torch") is not None:
     from . import ops as ops  # noqa: F401
 
-__all__ = ["PlumbError", "expert_histogram", "__version__"]
+# Capture needs torch; plumb.Recorder / attach / profile import it on first use only.
+_CAPTURE_EXPORTS = ("Recorder", "attach", "profile")
+
+
+def __getattr__(name: str):
+    if name in _CAPTURE_EXPORTS:
+        from . import capture
+
+        return getattr(capture, name)
+    raise AttributeError(f"module 'plumb' has no attribute {name!r}")
+
+
+__all__ = ["Placement", "PlumbError", "Topology", "evaluate", "expert_histogram",
+           "plan_rearrangement", "report", "solve", "__version__", *_CAPTURE_EXPORTS]

@@ -1,0 +1,194 @@
+"""SPEC section 2 metrics of any placement under even dispatch, and ``plumb.evaluate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..topology import Topology, TopologyLike, as_topology
+from .bounds import layer_lower_bounds
+from .validate import as_int, as_loads, as_phy2log, replica_counts
+
+
+@dataclass(frozen=True, eq=False)
+class Moves:
+    """What a placement costs to reach from a previous one (SPEC section 2).
+
+    Attributes:
+        moves: (layer, slot) pairs whose expert must arrive from another rank.
+        local_copies: pairs whose expert was already resident on the same rank, elsewhere.
+        layer_moves: int64 [L], moves per layer.
+        received: int64 [G], moves arriving at each rank (all layers).
+        bytes_moved, max_bytes_received: moves and max(received) times bytes_per_expert, or
+            None when bytes_per_expert was not given.
+    """
+
+    moves: int
+    local_copies: int
+    layer_moves: np.ndarray
+    received: np.ndarray
+    bytes_moved: Optional[int]
+    max_bytes_received: Optional[int]
+
+
+@dataclass(frozen=True, eq=False)
+class Metrics:
+    """Balance metrics of a placement (rank times are load / rank_speed).
+
+    Attributes:
+        rank_loads: float64 [L, G], load per rank; each replica of e carries w_e / c_e.
+        balancedness: model balancedness, sum over layers of the ideal rank time (mean load
+            when all ranks have speed 1) over sum of the max rank time; 1.0 is perfect.
+        layer_balancedness: float64 [L].
+        max_load: float64 [L], the busiest rank's load / speed.
+        lower_bound: float64 [L], no placement can make max_load lower (see bounds.py).
+        lb_gap: float64 [L], max_load / lower_bound - 1 (0 where both are 0).
+        lb_gap_mean, lb_gap_max: mean and worst layer of lb_gap.
+        moves: :class:`Moves` vs the previous placement, or None.
+        traffic: ``plumb.locality.traffic_metrics`` under even dispatch when per-source
+            traffic was given, else None.
+        hierarchy: for ``solve``: "global", "hierarchical" or "mixed" (per layer, the better
+            of the two was kept); None for ``evaluate``.
+        layer_hierarchy: str [L] policy used per layer (solve only).
+        candidate_max_load: float64 [L, 2], max_load of the global and the hierarchical
+            solution of each layer, inf for one not tried (solve, policy "plumb" only).
+    """
+
+    rank_loads: np.ndarray
+    balancedness: float
+    layer_balancedness: np.ndarray
+    max_load: np.ndarray
+    lower_bound: np.ndarray
+    lb_gap: np.ndarray
+    lb_gap_mean: float
+    lb_gap_max: float
+    moves: Optional[Moves] = None
+    traffic: Optional[Dict[str, Any]] = None
+    hierarchy: Optional[str] = None
+    layer_hierarchy: Optional[np.ndarray] = None
+    candidate_max_load: Optional[np.ndarray] = None
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [f"balancedness {self.balancedness:.4f} (worst layer "
+                 f"{self.layer_balancedness.min():.4f}), lb_gap mean {self.lb_gap_mean:.3%} "
+                 f"worst {self.lb_gap_max:.3%}"]
+        if self.hierarchy is not None:
+            lines.append(f"hierarchy {self.hierarchy}")
+        if self.moves is not None:
+            lines.append(f"moves {self.moves.moves} (+{self.moves.local_copies} local copies)")
+        return "\n".join(lines)
+
+
+def rank_loads_of(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray,
+                  num_ranks: int) -> np.ndarray:
+    """float64 [L, G] under even dispatch, for a valid phy2log [L, P] with counts [L, E]."""
+    share = np.take_along_axis(weights / logcnt, phy2log, axis=1)
+    return share.reshape(phy2log.shape[0], num_ranks, -1).sum(axis=2)
+
+
+def moves_between(phy2log: np.ndarray, previous: np.ndarray, num_experts: int, num_ranks: int,
+                  bytes_per_expert: Optional[int] = None) -> Moves:
+    """Moves and local copies needed to go from ``previous`` [L, P'] to ``phy2log`` [L, P]."""
+    num_layers, num_slots = phy2log.shape
+    layers = np.arange(num_layers)[:, None]
+    resident = np.zeros((num_layers, num_ranks, num_experts), dtype=bool)
+    resident[layers, np.arange(previous.shape[1]) // (previous.shape[1] // num_ranks),
+             previous] = True
+    rank = np.arange(num_slots) // (num_slots // num_ranks)
+    here = resident[layers, rank[None, :], phy2log]
+    unchanged = phy2log == previous if previous.shape == phy2log.shape else np.zeros_like(here)
+    moved = ~here
+    local = here & ~unchanged
+    received = np.bincount(np.broadcast_to(rank, moved.shape)[moved], minlength=num_ranks)
+    count = int(moved.sum())
+    return Moves(
+        moves=count,
+        local_copies=int(local.sum()),
+        layer_moves=moved.sum(axis=1),
+        received=received,
+        bytes_moved=None if bytes_per_expert is None else count * bytes_per_expert,
+        max_bytes_received=None if bytes_per_expert is None
+        else int(received.max()) * bytes_per_expert,
+    )
+
+
+def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: Topology,
+          rank_loads: Optional[np.ndarray] = None) -> Metrics:
+    """Balance metrics of a validated placement (no moves, no traffic)."""
+    if rank_loads is None:
+        rank_loads = rank_loads_of(phy2log, logcnt, weights, topo.num_ranks)
+    speed = topo.rank_speed
+    max_load = (rank_loads / speed).max(axis=1)
+    ideal = weights.sum(axis=1) / speed.sum()
+    bound = np.empty(weights.shape[0])
+    layer_lower_bounds(weights, phy2log.shape[1], np.ascontiguousarray(speed), bound)
+    positive = max_load > 0
+    layer_bal = np.where(positive, ideal / np.where(positive, max_load, 1.0), 1.0)
+    total_max = float(max_load.sum())
+    gap = np.where(bound > 0, max_load / np.where(bound > 0, bound, 1.0) - 1.0, 0.0)
+    # max_load >= bound mathematically; clip the last-ulp differences of summation order.
+    gap = np.maximum(gap, 0.0)
+    return Metrics(
+        rank_loads=rank_loads,
+        balancedness=float(ideal.sum() / total_max) if total_max > 0 else 1.0,
+        layer_balancedness=layer_bal,
+        max_load=max_load,
+        lower_bound=bound,
+        lb_gap=gap,
+        lb_gap_mean=float(gap.mean()),
+        lb_gap_max=float(gap.max()),
+    )
+
+
+def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
+             traffic: Any = None, bytes_per_expert: Optional[int] = None) -> Metrics:
+    """SPEC section 2 metrics of any placement (plumb's or another engine's), even dispatch.
+
+    Args:
+        phy2log: int [L, P] (or [P] for one layer) expert of each slot, or a Placement; every
+            expert of [0, E) must hold >= 1 slot and P must be a multiple of G.
+        loads: expert loads [E], [L, E] or a window [T, L, E] (summed over T).
+        topo: Topology or int G.
+        previous: placement int [L, P'] (or Placement) to count moves from, or None.
+        traffic: per-source counts [L, G, E] (or [T, L, G, E]) for traffic metrics, or None.
+        bytes_per_expert: bytes of one expert's weights, to report moved bytes.
+
+    Returns:
+        :class:`Metrics`.
+    """
+    topo = as_topology(topo)
+    weights, _ = as_loads(loads)
+    num_layers, num_experts = weights.shape
+    if hasattr(phy2log, "phy2log"):
+        phy2log = phy2log.phy2log
+    phy2log = as_phy2log(phy2log, "phy2log", num_layers, num_experts, topo.num_ranks)
+    metrics = score(phy2log, replica_counts(phy2log, num_experts), weights, topo)
+    return with_extras(metrics, phy2log, weights, topo, previous, traffic, bytes_per_expert)
+
+
+def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo: Topology,
+                previous: Any, traffic: Any, bytes_per_expert: Optional[int]) -> Metrics:
+    """``metrics`` plus moves vs ``previous`` and traffic metrics, when those are given."""
+    num_layers, num_experts = weights.shape
+    extras: Dict[str, Any] = {}
+    if bytes_per_expert is not None:
+        bytes_per_expert = as_int(bytes_per_expert, "bytes_per_expert", 0)
+    if previous is not None:
+        previous = as_previous(previous, num_layers, num_experts, topo.num_ranks)
+        extras["moves"] = moves_between(phy2log, previous, num_experts, topo.num_ranks,
+                                        bytes_per_expert)
+    if traffic is not None:
+        from ..locality import traffic_metrics
+
+        extras["traffic"] = traffic_metrics(phy2log, weights, topo, traffic, dispatch="even")
+    return replace(metrics, **extras) if extras else metrics
+
+
+def as_previous(previous: Any, num_layers: int, num_experts: int, num_ranks: int) -> np.ndarray:
+    """A previous placement (array or Placement) validated as int64 [L, P']."""
+    if hasattr(previous, "phy2log"):
+        previous = previous.phy2log
+    return as_phy2log(previous, "previous", num_layers, num_experts, num_ranks)

@@ -1,0 +1,93 @@
+"""The result of ``plumb.solve``: a placement, its inverse map and its metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from numba import njit
+
+from ..topology import Topology
+from .metrics import Metrics
+
+
+@njit(cache=True, nogil=True)
+def _fill_log2phy(phy2log, log2phy):
+    num_layers, num_slots = phy2log.shape
+    fill = np.zeros(log2phy.shape[1], dtype=np.int64)
+    for layer in range(num_layers):
+        fill[:] = 0
+        for p in range(num_slots):
+            e = phy2log[layer, p]
+            log2phy[layer, e, fill[e]] = p
+            fill[e] += 1
+
+
+def log2phy_of(phy2log: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
+    """int64 [L, E, max(logcnt)]: each expert's slots, ascending, padded with -1."""
+    num_layers, num_experts = logcnt.shape
+    out = np.full((num_layers, num_experts, int(logcnt.max())), -1, dtype=np.int64)
+    _fill_log2phy(phy2log, out)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Experts (and replicas) on slots for every layer, with the inputs it was solved for.
+
+    Attributes:
+        phy2log: int64 [L, P], logical expert held by each physical slot; slot p is on rank
+            p // S, and each rank's slots are sorted by expert id.
+        log2phy: int64 [L, E, max(logcnt)], each expert's slots ascending, -1 padded.
+        logcnt: int64 [L, E], replicas per expert (>= 1, sums to P per layer).
+        metrics: :class:`Metrics` of this placement on ``loads`` (rank loads, balancedness,
+            lower bounds, lb_gap, moves vs ``previous``, which hierarchy won per layer).
+        loads: float64 [L, E], the loads it was balanced for (the window summed over steps).
+        window: float64 [T, L, E] when ``loads`` was a window of steps, else None.
+        topo: the Topology; num_redundant, num_groups, policy, hierarchy: the solve arguments.
+        previous: int64 [L, P'] previous placement, or None; traffic: float64 [L, G, E] or None.
+    """
+
+    phy2log: np.ndarray
+    log2phy: np.ndarray
+    logcnt: np.ndarray
+    metrics: Metrics
+    loads: np.ndarray
+    window: Optional[np.ndarray]
+    topo: Topology
+    num_redundant: int
+    num_groups: int
+    policy: str
+    hierarchy: str
+    previous: Optional[np.ndarray] = None
+    traffic: Optional[Any] = None
+
+    @property
+    def rank_loads(self) -> np.ndarray:
+        """float64 [L, G], load on each rank (each replica of e carries w_e / c_e)."""
+        return self.metrics.rank_loads
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.phy2log.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.logcnt.shape[1])
+
+    @property
+    def num_slots(self) -> int:
+        """P, physical slots per layer."""
+        return int(self.phy2log.shape[1])
+
+    @property
+    def slots_per_rank(self) -> int:
+        """S = P / G."""
+        return self.num_slots // self.topo.num_ranks
+
+    def __repr__(self) -> str:
+        return (f"Placement(L={self.num_layers}, E={self.num_experts}, P={self.num_slots}, "
+                f"G={self.topo.num_ranks}, policy={self.policy!r}, "
+                f"balancedness={self.metrics.balancedness:.4f}, "
+                f"lb_gap_mean={self.metrics.lb_gap_mean:.4%})")

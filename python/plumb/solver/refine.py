@@ -1,0 +1,139 @@
+"""Local search after packing: swaps between the heaviest rank and the others.
+
+Each step takes the rank ``h`` with the largest ``load / speed`` and swaps one of its replicas
+with one of another rank ``r`` so that the larger of the two results is below the current
+maximum, and as low as possible. The lightest rank is tried first (usually it has such a swap);
+the others only when it has none. Every accepted swap lowers ``h`` and keeps ``r`` below the old
+maximum, so the sorted vector of rank times decreases strictly: the search ends, and it never
+makes the maximum worse.
+
+Each rank's slots are kept sorted by load so that, for each replica on ``h``, the best partner
+on ``r`` is found by binary search instead of a scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .pack import swap_items
+
+# A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
+_MIN_GAIN = 1e-12
+
+
+@njit(cache=True, nogil=True)
+def sort_row(slot_e, slot_w, r):
+    """Sorts rank ``r``'s slots by ascending load (ties by expert id), insertion sort: S is small."""
+    slots = slot_e.shape[1]
+    for k in range(1, slots):
+        w = slot_w[r, k]
+        e = slot_e[r, k]
+        j = k - 1
+        while j >= 0 and (slot_w[r, j] > w or (slot_w[r, j] == w and slot_e[r, j] > e)):
+            slot_w[r, j + 1] = slot_w[r, j]
+            slot_e[r, j + 1] = slot_e[r, j]
+            j -= 1
+        slot_w[r, j + 1] = w
+        slot_e[r, j + 1] = e
+
+
+@njit(cache=True, nogil=True)
+def _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r, best):
+    """Best swap between ranks ``h`` and ``r`` whose larger resulting time is below ``best``.
+
+    A swap moving ``d = w_h - w_r`` from h to r is acceptable iff ``lo < d < hi`` and is best
+    when ``d`` is nearest ``target`` (both times equal); on each side of the target the first
+    acceptable partner is the best on that side.
+
+    Returns:
+        (larger time after the swap, slot on h, slot on r); the slots are -1 when none is below
+        ``best``.
+    """
+    slots = slot_e.shape[1]
+    sh = speed[h]
+    sr = speed[r]
+    lo = load[h] - best * sh
+    hi = best * sr - load[r]
+    target = (load[h] * sr - load[r] * sh) / (sh + sr)
+    best_i = -1
+    best_j = -1
+    row = slot_w[r]
+    for i in range(slots):
+        a = slot_w[h, i]
+        if a <= lo:
+            continue
+        if forbid_dup and has[r, slot_e[h, i]] > 0:
+            continue
+        want = a - target
+        left = 0
+        right = slots
+        while left < right:
+            mid = (left + right) >> 1
+            if row[mid] < want:
+                left = mid + 1
+            else:
+                right = mid
+        # From the ideal partner outwards, first heavier partners (smaller d), then lighter
+        # ones (larger d), while d stays in the window.
+        for step in (1, -1):
+            j = left if step == 1 else left - 1
+            while 0 <= j < slots and lo < a - row[j] < hi:
+                if not (forbid_dup and has[h, slot_e[r, j]] > 0):
+                    d = a - row[j]
+                    worse = max((load[h] - d) / sh, (load[r] + d) / sr)
+                    if worse < best:
+                        best, best_i, best_j = worse, i, j
+                    break
+                j += step
+    return best, best_i, best_j
+
+
+@njit(cache=True, nogil=True)
+def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
+    """Improves a packing in place (arrays as in :func:`plumb.solver.pack.lpt_pack`).
+
+    Args:
+        forbid_dup: only accept swaps that put no expert twice on one rank.
+        max_steps: bound on accepted swaps (a safety net; the search normally stops earlier).
+
+    Returns:
+        Number of swaps applied. On return each rank's slots are sorted by load.
+    """
+    bins = slot_e.shape[0]
+    for r in range(bins):
+        sort_row(slot_e, slot_w, r)
+    time = np.empty(bins, dtype=np.float64)
+    for r in range(bins):
+        time[r] = load[r] / speed[r]
+    for step in range(max_steps):
+        h = 0
+        lo = 0
+        for r in range(1, bins):
+            if time[r] > time[h]:
+                h = r
+            if time[r] < time[lo]:
+                lo = r
+        if h == lo:
+            return step
+        best = time[h] * (1.0 - _MIN_GAIN)
+        best, best_i, best_j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, lo, best)
+        best_r = lo
+        if best_i < 0:
+            best_r = -1
+            for r in range(bins):
+                # (load_h + load_r) / (speed_h + speed_r) is the best any swap could reach.
+                if r == h or r == lo or (load[h] + load[r]) / (speed[h] + speed[r]) >= best:
+                    continue
+                value, i, j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r,
+                                         best)
+                if i >= 0:
+                    best, best_i, best_j, best_r = value, i, j, r
+        if best_r < 0:
+            return step
+        swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_j)
+        sort_row(slot_e, slot_w, h)
+        sort_row(slot_e, slot_w, best_r)
+        time[h] = load[h] / speed[h]
+        time[best_r] = load[best_r] / speed[best_r]
+    return max_steps

@@ -1,0 +1,73 @@
+"""Replication: how many replicas each expert gets.
+
+Greedy water-filling: start from one replica each and give every further replica to the expert
+with the largest per-replica load ``w_e / c_e``. Under even dispatch this minimises
+``max_e w_e / c_e`` exactly (exchange argument), which is the ``T*`` term of the lower bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .heap import heap_pop, heap_push
+
+
+@njit(cache=True, nogil=True)
+def water_fill(weights, num_slots, caps, counts):
+    """Replica counts minimising the largest per-replica load.
+
+    Args:
+        weights: float64 [n], load of each expert (>= 0).
+        num_slots: total replicas to hand out (>= n).
+        caps: int64 [n], the most replicas each expert may get (>= 1).
+        counts: int64 [n], output: replicas per expert, each in [1, cap], summing to num_slots.
+
+    Ties go to the expert with fewer replicas, then the lower index, so replicas of zero-load
+    experts are spread evenly rather than piled on expert 0. Should the caps sum to less than
+    ``num_slots`` (only possible for a node's share in the hierarchical policy), the caps are
+    dropped for the remaining replicas instead of failing.
+
+    Returns:
+        True when the caps were respected, False when they had to be dropped.
+    """
+    n = weights.shape[0]
+    keys = np.empty(n, dtype=np.float64)
+    ties = np.empty(n, dtype=np.int64)
+    size = 0
+    for e in range(n):
+        counts[e] = 1
+        if caps[e] > 1:
+            size = heap_push(keys, ties, size, -weights[e], n + e)
+    capped = True
+    for _ in range(num_slots - n):
+        if size == 0:
+            capped = False
+            for e in range(n):
+                size = heap_push(keys, ties, size, -weights[e] / counts[e], counts[e] * n + e)
+        e = ties[0] % n
+        size = heap_pop(keys, ties, size)
+        counts[e] += 1
+        if counts[e] < caps[e] or not capped:
+            size = heap_push(keys, ties, size, -weights[e] / counts[e], counts[e] * n + e)
+    return capped
+
+
+@njit(cache=True, nogil=True)
+def min_max_replica_load(weights, num_slots, cap):
+    """``T*``: the smallest achievable ``max_e w_e / c_e`` over counts with ``1 <= c_e <= cap``.
+
+    Args:
+        weights: float64 [n]; num_slots: total replicas (>= n); cap: int >= 1.
+
+    Replicas beyond ``n * cap`` cannot lower any rank's load below ``w_e / cap`` (one rank then
+    holds several replicas of an expert), so they are not handed out.
+    """
+    n = weights.shape[0]
+    caps = np.full(n, cap, dtype=np.int64)
+    counts = np.empty(n, dtype=np.int64)
+    water_fill(weights, min(num_slots, n * cap), caps, counts)
+    best = 0.0
+    for e in range(n):
+        best = max(best, weights[e] / counts[e])
+    return best

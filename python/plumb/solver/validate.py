@@ -1,0 +1,146 @@
+"""Input coercion and validation for ``solve`` and ``evaluate``.
+
+Every failure raises :class:`plumb.errors.InputError` naming the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+
+POLICIES = ("plumb", "deepseek")
+HIERARCHIES = ("auto", "global", "hierarchical")
+
+
+def to_numpy(value: Any, name: str) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor (any device) or nested list."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be array-like (numpy, torch or nested lists): {exc}") from None
+    if arr.dtype == object:
+        raise InputError(f"{name} must be a rectangular numeric array, got ragged/object data")
+    return arr
+
+
+def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Expert loads as float64 [L, E], plus the window [T, L, E] when one was given.
+
+    ``loads``: [E] (one layer), [L, E], or [T, L, E] (per-step counts, oldest first; summed
+    over T). Integer or float; every value finite and >= 0.
+    """
+    arr = to_numpy(loads, "loads")
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"loads must hold integer or float counts, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2, 3):
+        raise InputError(f"loads must be [E], [L, E] or [T, L, E], got {arr.ndim} dims "
+                         f"{list(arr.shape)}")
+    if arr.size == 0:
+        raise InputError(f"loads must not be empty, got shape {list(arr.shape)}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputError("loads must be finite (no NaN or inf)")
+    if (arr < 0).any():
+        raise InputError("loads must be >= 0")
+    window = None
+    if arr.ndim == 3:
+        window = arr
+        arr = arr.sum(axis=0)
+    elif arr.ndim == 1:
+        arr = arr[None, :]
+    return np.ascontiguousarray(arr), window
+
+
+def as_int(value: Any, name: str, minimum: int) -> int:
+    """A Python int >= ``minimum`` (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise InputError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def as_choice(value: Any, name: str, choices: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_slots(num_experts: int, num_slots: int, num_ranks: int) -> int:
+    """Slots per rank S for P = num_slots over G = num_ranks, after the shape rules of SPEC 1."""
+    if num_slots < num_experts:
+        raise InputError(f"P = {num_slots} physical slots must be >= E = {num_experts} experts")
+    if num_ranks > num_slots:
+        raise InputError(f"G = {num_ranks} ranks must be <= P = {num_slots} physical slots")
+    if num_slots % num_ranks:
+        raise InputError(f"P = E + num_redundant = {num_slots} must be divisible by G = "
+                         f"{num_ranks} ranks")
+    return num_slots // num_ranks
+
+
+def as_phy2log(phy2log: Any, name: str, num_layers: int, num_experts: int,
+               num_ranks: int) -> np.ndarray:
+    """A placement as int64 [L, P]: P a multiple of G, >= E, every expert held at least once.
+
+    [P] is accepted for one layer.
+    """
+    arr = to_numpy(phy2log, name)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] != num_layers:
+        raise InputError(f"{name} must be [L, P] with L = {num_layers}, got "
+                         f"{list(np.shape(arr))}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"{name} must hold integer expert ids, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    check_slots(num_experts, arr.shape[1], num_ranks)
+    if arr.min() < 0 or arr.max() >= num_experts:
+        raise InputError(f"{name} entries must be expert ids in [0, {num_experts}), got range "
+                         f"[{arr.min()}, {arr.max()}]")
+    counts = replica_counts(arr, num_experts)
+    missing = np.argwhere(counts == 0)
+    if missing.size:
+        layer, expert = missing[0]
+        raise InputError(f"{name} layer {layer} holds no replica of expert {expert}; every "
+                         f"expert needs >= 1 slot")
+    return arr
+
+
+def replica_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """logcnt int64 [L, E] of a valid phy2log int64 [L, P]."""
+    num_layers = phy2log.shape[0]
+    offsets = (np.arange(num_layers, dtype=np.int64) * num_experts)[:, None]
+    flat = np.bincount((phy2log + offsets).ravel(), minlength=num_layers * num_experts)
+    return flat.reshape(num_layers, num_experts)
+
+
+def as_caps(value: Any, num_experts: int, num_slots: int, num_ranks: int) -> np.ndarray:
+    """Per-expert replica caps int64 [E] from ``max_replicas_per_expert`` (None, int or [E]).
+
+    None means G (more replicas than ranks never lowers the busiest rank). Caps above G are
+    lowered to G unless E * G < P forces some expert past G.
+    """
+    if value is None:
+        caps = np.full(num_experts, num_ranks, dtype=np.int64)
+    else:
+        arr = to_numpy(value, "max_replicas_per_expert")
+        if arr.ndim == 0:
+            arr = np.full(num_experts, arr)
+        if arr.shape != (num_experts,) or arr.dtype.kind not in "iu" or (arr < 1).any():
+            raise InputError(f"max_replicas_per_expert must be an int >= 1 or ints >= 1 of "
+                             f"shape [E] = [{num_experts}], got {value!r}")
+        caps = arr.astype(np.int64)
+        if num_experts * num_ranks >= num_slots:
+            caps = np.minimum(caps, num_ranks)
+    if caps.sum() < num_slots:
+        if value is None:  # E * G < P: some expert must exceed one replica per rank
+            return np.full(num_experts, num_slots, dtype=np.int64)
+        raise InputError(f"max_replicas_per_expert allows only {int(caps.sum())} replicas in "
+                         f"total; P = {num_slots} slots must be filled")
+    return caps

@@ -1,0 +1,156 @@
+"""Property tests of plumb.solve: placement invariants over random shapes and loads."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import plumb
+
+
+@st.composite
+def problems(draw):
+    """(loads [L, E], topo, num_redundant, num_groups) with valid shapes, often skewed loads."""
+    nodes = draw(st.integers(1, 3))
+    per_node = draw(st.integers(1, 4))
+    num_ranks = nodes * per_node
+    num_groups = draw(st.sampled_from([1, nodes, 2 * nodes]))
+    experts = num_groups * draw(st.integers(1, 6))
+    slots_per_rank = draw(st.integers(max(1, -(-experts // num_ranks)), -(-experts // num_ranks) + 3))
+    num_redundant = num_ranks * slots_per_rank - experts
+    layers = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["lognormal", "integers", "zeros", "hot"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "lognormal":
+        loads = rng.lognormal(0.0, draw(st.sampled_from([0.5, 1.0, 2.0])), (layers, experts))
+    elif kind == "integers":
+        loads = rng.integers(0, 4, (layers, experts))
+    elif kind == "zeros":
+        loads = np.zeros((layers, experts))
+    else:
+        loads = rng.random((layers, experts))
+        loads[:, 0] = 50.0 * loads.sum(axis=1)
+    speed = None
+    if draw(st.booleans()):
+        speed = rng.choice([0.5, 1.0, 2.0], num_ranks)
+    topo = plumb.Topology.cluster(nodes=nodes, gpus_per_node=per_node, rank_speed=speed)
+    return loads, topo, num_redundant, num_groups
+
+
+def check_invariants(p: plumb.Placement, loads: np.ndarray) -> None:
+    """Everything a placement must satisfy, whatever the policy."""
+    loads = np.asarray(loads, dtype=np.float64).reshape(-1, loads.shape[-1])
+    num_layers, num_experts = loads.shape
+    num_ranks = p.topo.num_ranks
+    num_slots = p.phy2log.shape[1]
+    slots = num_slots // num_ranks
+    assert p.phy2log.dtype == p.logcnt.dtype == p.log2phy.dtype == np.int64
+    assert p.phy2log.shape == (num_layers, num_experts + p.num_redundant)
+    assert ((p.phy2log >= 0) & (p.phy2log < num_experts)).all()
+    for layer in range(num_layers):
+        counts = np.bincount(p.phy2log[layer], minlength=num_experts)
+        assert np.array_equal(counts, p.logcnt[layer])
+        per_rank = p.phy2log[layer].reshape(num_ranks, slots)
+        # Stacking is forced only when the ranks available to an expert (all of them, or its
+        # node's under the hierarchical policy) have more slots than there are experts.
+        usable = num_ranks
+        if p.metrics.layer_hierarchy is not None and \
+                p.metrics.layer_hierarchy[layer] == "hierarchical":
+            usable = num_ranks // p.topo.num_nodes
+        if num_experts * usable >= num_slots:
+            for row in per_rank:
+                assert np.unique(row).size == slots, "two replicas of one expert on a rank"
+        for e in range(num_experts):
+            where = p.log2phy[layer, e]
+            held = where[where >= 0]
+            assert np.array_equal(held, np.flatnonzero(p.phy2log[layer] == e))
+            assert (where[held.size:] == -1).all()
+    assert (p.logcnt >= 1).all() and (p.logcnt.sum(axis=1) == num_slots).all()
+    assert p.log2phy.shape == (num_layers, num_experts, p.logcnt.max())
+    again = plumb.evaluate(p.phy2log, loads, p.topo)
+    np.testing.assert_allclose(p.rank_loads, again.rank_loads, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(p.rank_loads.sum(axis=1), loads.sum(axis=1), rtol=1e-9, atol=1e-9)
+    m = p.metrics
+    assert 0.0 <= m.balancedness <= 1.0 + 1e-12
+    assert (m.layer_balancedness <= 1.0 + 1e-12).all()
+    assert (m.lower_bound <= m.max_load * (1 + 1e-12) + 1e-12).all()
+    assert (m.lb_gap >= 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.sampled_from(["auto", "global"]))
+def test_plumb_policy_invariants(problem, hierarchy):
+    loads, topo, num_redundant, num_groups = problem
+    p = plumb.solve(loads, topo, num_redundant=num_redundant, num_groups=num_groups,
+                    hierarchy=hierarchy)
+    check_invariants(p, loads)
+    assert set(p.metrics.layer_hierarchy) <= {"global", "hierarchical"}
+    if hierarchy == "global":
+        assert p.metrics.hierarchy == "global"
+    winners = np.nanmin(p.metrics.candidate_max_load, axis=1)
+    np.testing.assert_allclose(p.metrics.max_load, winners, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_deepseek_policy_invariants(problem):
+    loads, topo, num_redundant, num_groups = problem
+    p = plumb.solve(loads, topo, num_redundant=num_redundant, num_groups=num_groups,
+                    policy="deepseek")
+    assert p.policy == "deepseek"
+    assert p.logcnt.sum(axis=1).tolist() == [p.phy2log.shape[1]] * p.phy2log.shape[0]
+    assert (p.metrics.lower_bound <= p.metrics.max_load * (1 + 1e-12) + 1e-12).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_deterministic(problem):
+    loads, topo, num_redundant, num_groups = problem
+    a = plumb.solve(loads, topo, num_redundant=num_redundant, num_groups=num_groups)
+    b = plumb.solve(loads.copy(), topo, num_redundant=num_redundant, num_groups=num_groups)
+    assert np.array_equal(a.phy2log, b.phy2log)
+    assert np.array_equal(a.rank_loads, b.rank_loads)
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems())
+def test_hierarchical_keeps_groups_on_one_node(problem):
+    loads, topo, num_redundant, num_groups = problem
+    if num_groups % topo.num_nodes:
+        return
+    p = plumb.solve(loads, topo, num_redundant=num_redundant, num_groups=num_groups,
+                    hierarchy="hierarchical")
+    check_invariants(p, loads)
+    num_experts = loads.shape[1]
+    slots = p.slots_per_rank
+    node_of_slot = topo.node_of_rank[np.arange(p.num_slots) // slots]
+    group_of = p.phy2log // (num_experts // num_groups)
+    for layer in range(p.num_layers):
+        for g in range(num_groups):
+            assert np.unique(node_of_slot[group_of[layer] == g]).size == 1
+
+
+def test_never_worse_than_either_candidate_alone():
+    rng = np.random.default_rng(7)
+    loads = rng.lognormal(0, 1.5, (6, 64))
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=4)
+    auto = plumb.solve(loads, topo, num_redundant=16, num_groups=4)
+    for forced in ("global", "hierarchical"):
+        alone = plumb.solve(loads, topo, num_redundant=16, num_groups=4, hierarchy=forced)
+        assert (auto.metrics.max_load <= alone.metrics.max_load * (1 + 1e-12)).all()
+
+
+def test_forced_stacking_when_ranks_have_more_slots_than_experts():
+    # E = 2 < S = 3: some rank must hold an expert twice.
+    p = plumb.solve([5.0, 1.0], 2, num_redundant=4)
+    check_invariants(p, np.array([[5.0, 1.0]]))
+    assert p.logcnt.tolist() == [[3, 3]] or p.logcnt[0, 0] > p.logcnt[0, 1]
+
+
+def test_replica_caps():
+    loads = np.array([[100.0, 1, 1, 1, 1, 1, 1, 1]])
+    p = plumb.solve(loads, 4, num_redundant=8, max_replicas_per_expert=2)
+    assert p.logcnt.max() <= 2
+    p = plumb.solve(loads, 4, num_redundant=8)
+    assert p.logcnt[0, 0] == 4  # default cap G: the hot expert gets one replica per rank

@@ -1,0 +1,76 @@
+"""Every bad input to plumb.solve / plumb.evaluate raises InputError naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import plumb
+from plumb.errors import InputError
+
+GOOD = np.arange(1.0, 17.0).reshape(2, 8)
+
+
+@pytest.mark.parametrize("loads, match", [
+    (np.array([[1.0, -1.0, 2.0, 3.0]]), ">= 0"),
+    (np.array([[1.0, np.nan, 2.0, 3.0]]), "finite"),
+    (np.array([[1.0, np.inf, 2.0, 3.0]]), "finite"),
+    (np.ones((1, 1, 2, 4)), "dims"),
+    (np.ones(()), "dims"),
+    (np.zeros((2, 0)), "empty"),
+    (np.array([["a", "b"]]), "dtype"),
+    ([[1, 2], [3]], "array"),
+])
+def test_bad_loads(loads, match):
+    with pytest.raises(InputError, match=match):
+        plumb.solve(loads, 2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_redundant=1), "divisible by G"),
+    (dict(num_redundant=-1), "num_redundant"),
+    (dict(num_redundant=True), "num_redundant"),
+    (dict(num_groups=3), "num_groups"),
+    (dict(num_groups=0), "num_groups"),
+    (dict(policy="greedy"), "policy"),
+    (dict(hierarchy="nodes"), "hierarchy"),
+    (dict(hierarchy="hierarchical", num_groups=1), "hierarchical"),
+    (dict(max_replicas_per_expert=0), "max_replicas_per_expert"),
+    (dict(max_replicas_per_expert=[1, 2]), "max_replicas_per_expert"),
+    (dict(num_redundant=8, max_replicas_per_expert=1), "max_replicas_per_expert"),
+    (dict(policy="deepseek", max_replicas_per_expert=2), "max_replicas_per_expert"),
+    (dict(previous=np.zeros((2, 8), dtype=np.int64)), "previous"),
+    (dict(previous=np.tile(np.arange(8), (3, 1))), "previous"),
+    (dict(traffic=np.ones((2, 3, 8))), "traffic"),
+])
+def test_bad_arguments(kwargs, match):
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2)
+    with pytest.raises(InputError, match=match):
+        plumb.solve(GOOD, topo, **kwargs)
+
+
+def test_more_ranks_than_slots():
+    with pytest.raises(InputError, match="G = 16 ranks must be <= P"):
+        plumb.solve(GOOD, 16)
+
+
+def test_bad_topology():
+    with pytest.raises(InputError, match="topo"):
+        plumb.solve(GOOD, "4")
+
+
+@pytest.mark.parametrize("phy2log, match", [
+    (np.tile(np.arange(7), (2, 1)), "divisible by G|>= E"),
+    (np.tile(np.r_[np.arange(7), 7.5], (2, 1)), "integer"),
+    (np.tile(np.r_[np.arange(7), 8], (2, 1)), r"\[0, 8\)"),
+    (np.tile(np.r_[np.arange(7), 0], (2, 1)), "no replica of expert 7"),
+    (np.tile(np.arange(8), (3, 1)), "L = 2"),
+])
+def test_bad_phy2log(phy2log, match):
+    with pytest.raises(InputError, match=match):
+        plumb.evaluate(phy2log, GOOD, 2)
+
+
+def test_errors_are_value_errors():
+    with pytest.raises(ValueError):
+        plumb.solve(GOOD, 2, policy="nope")
