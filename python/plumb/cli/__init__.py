@@ -11,7 +11,7 @@ from ..errors import PlumbError
 
 # Each name is a module plumb.cli.<name> with register(subparsers) that sets a ``func``
 # default returning the exit code.
-_SUBCOMMANDS = ("bench",)
+_SUBCOMMANDS = ("bench", "report", "run")
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # plumb.bench.<name> modules expose add_arguments(parser) and run(args) -> int.
-_BENCHMARKS = ("histogram",)
+_BENCHMARKS = ("histogram", "solve", "rearrange", "capture")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

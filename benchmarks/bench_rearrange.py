@@ -1,0 +1,13 @@
+"""Rearrangement benchmark: prints the tables and rewrites its section of benchmarks/RESULTS.md."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from plumb.bench import rearrange
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=rearrange.__doc__)
+    rearrange.add_arguments(parser)
+    parser.set_defaults(results=Path(__file__).with_name("RESULTS.md"))
+    sys.exit(rearrange.run(parser.parse_args()))

@@ -1,0 +1,297 @@
+"""``plumb.Recorder``: exact per-step expert counts kept on the device of the router ids.
+
+Layout (all int64, on one device, allocated at the first ``record`` unless ``device`` is given):
+
+``current``  [L, E]     counts of the step in progress; ``record`` adds to it in place.
+``ring``     [W, L, E]  the last W completed steps; step s lives in slot ``s % W``.
+``totals``   [L, E]     every count since construction or ``reset``, never capped.
+``traffic``  [L, G, E]  optional per-source counts (G = ``num_sources``), since construction.
+
+``record`` writes into a fixed view of ``current`` (one in-place histogram op, no allocation,
+no host sync), which is also what makes it safe inside a captured CUDA graph: replays keep
+accumulating into the same address, and ``step()`` (outside the graph) rolls it into the ring.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .. import ops  # noqa: F401  (registers torch.ops.plumb.*)
+from ..errors import InputError
+
+__all__ = ["Recorder"]
+
+_histogram_ = torch.ops.plumb.expert_histogram_
+_histogram_deferred_ = torch.ops.plumb.expert_histogram_deferred_
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Recorder:
+    """Ring buffer of per-step expert counts ``[W, L, E]`` plus never-capped totals.
+
+    Args:
+        num_layers: L, number of MoE layers (recorder layer ids are ``0 .. L-1``).
+        num_experts: E, logical experts per layer.
+        window: W, completed steps kept (oldest dropped first). Default 1000.
+        device: where the buffers live; default: the device of the first ids recorded.
+        num_sources: G to enable per-source accounting (``traffic`` [L, G, E]); None disables it.
+        source: the source (rank) that ``record`` attributes counts to by default, in [0, G).
+        layer_names: optional L names (module paths) kept for metadata.
+
+    Thread safety: ``record`` is meant for one thread (the model's); ``step``, ``window`` and
+    the other readers take a lock so that a background writer never sees a half-rolled step.
+    """
+
+    def __init__(self, num_layers: int, num_experts: int, window: int = 1000,
+                 device: Optional[Any] = None, *, num_sources: Optional[int] = None,
+                 source: int = 0, layer_names: Optional[Sequence[str]] = None) -> None:
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.num_experts = _positive_int("num_experts", num_experts)
+        self.window_size = _positive_int("window", window)
+        self.num_sources = None if num_sources is None else _positive_int("num_sources",
+                                                                          num_sources)
+        if self.num_sources is None and source != 0:
+            raise InputError("source needs num_sources (per-source accounting is off)")
+        if self.num_sources is not None and not 0 <= source < self.num_sources:
+            raise InputError(f"source must lie in [0, {self.num_sources}), got {source!r}")
+        self.source = source
+        if layer_names is not None and len(layer_names) != self.num_layers:
+            raise InputError(f"layer_names has {len(layer_names)} names for "
+                             f"{self.num_layers} layers")
+        self.layer_names: Optional[List[str]] = (None if layer_names is None
+                                                 else [str(n) for n in layer_names])
+        self.steps = 0  # completed steps since construction or reset()
+        self._lock = threading.Lock()
+        self._device: Optional[torch.device] = None
+        self._current: Optional[torch.Tensor] = None
+        if device is not None:
+            self._allocate(torch.device(device))
+
+    # -- buffers -----------------------------------------------------------------------------
+
+    def _allocate(self, device: torch.device) -> None:
+        shape = (self.num_layers, self.num_experts)
+        self._device = device
+        self._current = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._ring = torch.zeros((self.window_size,) + shape, dtype=torch.int64, device=device)
+        self._totals = torch.zeros(shape, dtype=torch.int64, device=device)
+        # Fixed per-layer views: record() never indexes or allocates on the hot path.
+        self._rows = self._current.unbind(0)
+        self._traffic = None
+        if self.num_sources is not None:
+            self._traffic = torch.zeros((self.num_layers, self.num_sources, self.num_experts),
+                                        dtype=torch.int64, device=device)
+        # The checked op validates ids with a host sync on accelerators; there the deferred
+        # op skips bad ids and counts them on the device instead, checked when read back.
+        self._deferred = device.type != "cpu"
+        self._num_invalid = torch.zeros(1, dtype=torch.int64, device=device)
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """The buffers' device, or None before the first ``record`` when none was given."""
+        return self._device
+
+    # -- hot path ----------------------------------------------------------------------------
+
+    def record(self, layer: int, topk_ids: torch.Tensor, source: Optional[int] = None) -> None:
+        """Add the expert ids one router chose to the current step.
+
+        Args:
+            layer: recorder layer id in ``[0, L)``.
+            topk_ids: int32/int64 ids ``[T, k]`` (any other shape is flattened); -1 is padding.
+            source: source rank of these tokens for per-source accounting (default
+                ``self.source``); only with ``num_sources``.
+
+        Raises:
+            InputError: layer out of range, ids outside ``[0, E)`` (CPU: immediately, nothing
+                added; other devices: the bad ids are skipped and the error is raised by the
+                next read, so that recording never waits for the device), or ids on another
+                device than the buffers.
+            TypeError: ids that are not an int32/int64 tensor.
+        """
+        if not isinstance(topk_ids, torch.Tensor):
+            raise TypeError(f"topk_ids must be a torch.Tensor, got {type(topk_ids).__name__}")
+        if type(layer) is not int or not 0 <= layer < self.num_layers:
+            raise InputError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        if self._current is None:
+            self._allocate(topk_ids.device)
+        if topk_ids.ndim != 2:
+            topk_ids = topk_ids.reshape(-1)
+        try:
+            if self._deferred:
+                _histogram_deferred_(self._rows[layer], self._num_invalid, topk_ids)
+            else:
+                _histogram_(self._rows[layer], topk_ids)
+            if self._traffic is not None:
+                self._record_source(layer, topk_ids, source)
+        except ValueError as err:
+            raise InputError(f"layer {layer}: {err}") from None
+
+    def _record_source(self, layer: int, topk_ids: torch.Tensor, source: Optional[int]) -> None:
+        if source is None:
+            source = self.source
+        elif type(source) is not int or not 0 <= source < self.num_sources:
+            raise InputError(f"source must be an int in [0, {self.num_sources}), got {source!r}")
+        target = self._traffic[layer, source]
+        if self._deferred:
+            _histogram_deferred_(target, self._num_invalid, topk_ids)
+        else:
+            _histogram_(target, topk_ids)
+
+    def step(self) -> None:
+        """Close the current step: move it into the ring (dropping the oldest) and the totals.
+
+        Device-side copies only; never waits for the device.
+        """
+        with self._lock:
+            if self._current is None:
+                self.steps += 1
+                return
+            self._ring[self.steps % self.window_size].copy_(self._current)
+            self._totals.add_(self._current)
+            self._current.zero_()
+            self.steps += 1
+
+    # -- readers (device tensors; on accelerators they check the deferred invalid-id count) --
+
+    def _check_invalid(self) -> None:
+        if self._deferred:
+            bad = int(self._num_invalid.item())
+            if bad:
+                raise InputError(f"{bad} recorded expert ids were outside [0, {self.num_experts}) "
+                                 "and were skipped; the counts are incomplete")
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.int64, device=self._device or "cpu")
+
+    def window(self) -> torch.Tensor:
+        """int64 ``[T, L, E]`` counts of the last ``T = min(steps, W)`` completed steps,
+        oldest first (a copy)."""
+        with self._lock:
+            if self._current is None:
+                return self._zeros(min(self.steps, self.window_size), self.num_layers,
+                                   self.num_experts)
+            self._check_invalid()
+            if self.steps <= self.window_size:
+                return self._ring[: self.steps].clone()
+            return torch.roll(self._ring, -(self.steps % self.window_size), dims=0)
+
+    def loads(self) -> torch.Tensor:
+        """int64 ``[L, E]`` counts summed over the window (``window().sum(0)``)."""
+        with self._lock:
+            if self._current is None:
+                return self._zeros(self.num_layers, self.num_experts)
+            self._check_invalid()
+            # Slots not yet written are zero, so the whole ring sums to the window.
+            return self._ring.sum(0)
+
+    def current(self) -> torch.Tensor:
+        """int64 ``[L, E]`` counts recorded since the last ``step()`` (a copy)."""
+        with self._lock:
+            if self._current is None:
+                return self._zeros(self.num_layers, self.num_experts)
+            self._check_invalid()
+            return self._current.clone()
+
+    def totals(self) -> torch.Tensor:
+        """int64 ``[L, E]`` all counts since construction or ``reset()``, current step included;
+        never capped by the window."""
+        with self._lock:
+            if self._current is None:
+                return self._zeros(self.num_layers, self.num_experts)
+            self._check_invalid()
+            return self._totals + self._current
+
+    def traffic(self) -> torch.Tensor:
+        """int64 ``[L, G, E]`` tokens each source sent to each expert, since construction or
+        ``reset()``, current step included."""
+        if self.num_sources is None:
+            raise InputError("per-source accounting is off: construct with num_sources=G")
+        with self._lock:
+            if self._current is None:
+                return self._zeros(self.num_layers, self.num_sources, self.num_experts)
+            self._check_invalid()
+            return self._traffic.clone()
+
+    def reset(self) -> None:
+        """Forget every count and step (buffers stay allocated, views stay valid)."""
+        with self._lock:
+            self.steps = 0
+            if self._current is None:
+                return
+            for buffer in (self._current, self._ring, self._totals, self._num_invalid):
+                buffer.zero_()
+            if self._traffic is not None:
+                self._traffic.zero_()
+
+    def meta(self) -> Dict[str, Any]:
+        """JSON-able description for stats files: shapes, steps, layer names."""
+        meta: Dict[str, Any] = {"num_layers": self.num_layers, "num_experts": self.num_experts,
+                                "window": self.window_size, "steps": self.steps}
+        if self.layer_names is not None:
+            meta["layer_names"] = list(self.layer_names)
+        if self.num_sources is not None:
+            meta["num_sources"] = self.num_sources
+        return meta
+
+    # -- multi-rank --------------------------------------------------------------------------
+
+    def all_reduce(self, group: Optional[Any] = None) -> "Recorder":
+        """Sum the counts of every rank of ``group`` (default: the world) into a new Recorder.
+
+        Collective: every rank must call it, with the same L, E, W, sources and step count
+        (ranks step in lockstep in expert-parallel serving; a mismatch would add unrelated
+        steps together and raises InputError on every rank). ``self`` is left untouched, so
+        recording can go on. One all_reduce moves ring, current, totals and traffic together.
+        Uses the buffers' device, so NCCL groups need CUDA buffers and gloo CPU ones.
+        """
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise InputError("all_reduce needs an initialised torch.distributed process group")
+        device = self._device or torch.device("cpu")
+        with self._lock:
+            if self._current is None:
+                self._allocate(device)
+            self._check_invalid()
+            shape_key = [self.num_layers, self.num_experts, self.window_size,
+                         self.num_sources or 0, self.steps]
+            # MAX of (x, -x) gives max and -min in one collective.
+            probe = torch.tensor(shape_key + [-v for v in shape_key], dtype=torch.int64,
+                                 device=device)
+            dist.all_reduce(probe, op=dist.ReduceOp.MAX, group=group)
+            highs, lows = probe[:5].tolist(), [-v for v in probe[5:].tolist()]
+            if highs != lows:
+                names = ["num_layers", "num_experts", "window", "num_sources", "steps"]
+                diffs = ", ".join(f"{n} in [{lo}, {hi}]" for n, lo, hi in zip(names, lows, highs)
+                                  if lo != hi)
+                raise InputError(f"all_reduce: ranks disagree on {diffs}")
+            parts = [self._ring, self._current, self._totals]
+            if self._traffic is not None:
+                parts.append(self._traffic)
+            flat = torch.cat([part.reshape(-1) for part in parts])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        result = Recorder(self.num_layers, self.num_experts, self.window_size, device,
+                          num_sources=self.num_sources, source=self.source,
+                          layer_names=self.layer_names)
+        result.steps = self.steps
+        targets = [result._ring, result._current, result._totals]
+        if result._traffic is not None:
+            targets.append(result._traffic)
+        offset = 0
+        for target in targets:
+            target.view(-1).copy_(flat[offset: offset + target.numel()])
+            offset += target.numel()
+        return result
+
+    def __repr__(self) -> str:
+        return (f"Recorder(num_layers={self.num_layers}, num_experts={self.num_experts}, "
+                f"window={self.window_size}, steps={self.steps}, device={self._device})")

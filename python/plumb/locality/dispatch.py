@@ -1,0 +1,264 @@
+"""Dispatch models, rank loads, traffic metrics and the nearest-replica routing table.
+
+Even dispatch (vLLM, DeepSeek, TensorRT-LLM): each replica of expert e receives 1/c_e of every
+source's tokens for e. Nearest dispatch (SGLang static): a source sends its tokens for e to the
+replica with the lowest link cost from it; replicas tied at that cost split them evenly. Rank
+loads follow from the routing, so balance is checked under the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from numba import njit
+
+from ..errors import InputError
+from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
+from .traffic import NEAREST, as_traffic, dispatch_code, source_traffic
+
+
+@njit(cache=True, nogil=True)
+def replica_lists(slot_e, num_experts):
+    """Replica slots of each expert, ascending.
+
+    Args:
+        slot_e: int64 [P], expert held by each slot (one layer's phy2log).
+        num_experts: E.
+
+    Returns:
+        (rep int64 [E, max count] padded with -1, cnt int64 [E]).
+    """
+    cnt = np.zeros(num_experts, dtype=np.int64)
+    for p in range(slot_e.shape[0]):
+        cnt[slot_e[p]] += 1
+    rep = np.full((num_experts, max(1, cnt.max())), -1, dtype=np.int64)
+    fill = np.zeros(num_experts, dtype=np.int64)
+    for p in range(slot_e.shape[0]):
+        e = slot_e[p]
+        rep[e, fill[e]] = p
+        fill[e] += 1
+    return rep, cnt
+
+
+@njit(cache=True, nogil=True)
+def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_load, level_tokens):
+    """Routes one expert's tokens to its replicas; returns its traffic cost.
+
+    Args:
+        ranks: int64 [>= c], rank of each replica (first c entries used).
+        c: replica count.
+        weight: the expert's load (float64), split over replicas as rank load.
+        tokens: float64 [G], routed picks from each source rank.
+        share: float64 [G], each source's share of the expert's load (sums to 1).
+        cost: float64 [G, G], link cost per token.
+        level: int64 [G, G], link level (only read when level_tokens has 4 entries).
+        nearest: NEAREST dispatch if True, else EVEN.
+        rep_load: float64 [>= c], output: load carried by each replica.
+        level_tokens: float64 [4] accumulated tokens per link level, or [0] to skip.
+
+    Returns:
+        float64 traffic cost: sum over sources of tokens * cost to the serving replica.
+    """
+    num_ranks = tokens.shape[0]
+    total = 0.0
+    track = level_tokens.shape[0] == 4
+    for i in range(c):
+        rep_load[i] = 0.0 if nearest else weight / c
+    for s in range(num_ranks):
+        best = np.inf
+        ties = 0
+        if nearest:
+            for i in range(c):
+                v = cost[s, ranks[i]]
+                if v < best:
+                    best = v
+                    ties = 1
+                elif v == best:
+                    ties += 1
+        part = weight * share[s] / ties if nearest else 0.0
+        per_token = tokens[s] / (ties if nearest else c)
+        for i in range(c):
+            r = ranks[i]
+            if nearest and cost[s, r] != best:
+                continue
+            rep_load[i] += part
+            total += per_token * cost[s, r]
+            if track:
+                level_tokens[level[s, r]] += per_token
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _route_model(phy2log, slots, weights, tokens, share, cost, level, nearest, rank_loads,
+                 traffic_cost, level_tokens):
+    """Every layer: rank loads [L, G], traffic cost [L] and tokens per level [L, 4] (outputs)."""
+    num_layers, num_slots = phy2log.shape
+    num_experts = weights.shape[1]
+    ranks = np.empty(num_slots, dtype=np.int64)
+    rep_load = np.empty(num_slots, dtype=np.float64)
+    for layer in range(num_layers):
+        rep, cnt = replica_lists(phy2log[layer], num_experts)
+        rank_loads[layer, :] = 0.0
+        level_tokens[layer, :] = 0.0
+        cost_sum = 0.0
+        for e in range(num_experts):
+            c = cnt[e]
+            for i in range(c):
+                ranks[i] = rep[e, i] // slots
+            cost_sum += expert_routing(ranks, c, weights[layer, e], tokens[layer, :, e],
+                                       share[layer, :, e], cost, level, nearest, rep_load,
+                                       level_tokens[layer])
+            for i in range(c):
+                rank_loads[layer, ranks[i]] += rep_load[i]
+        traffic_cost[layer] = cost_sum
+
+
+@njit(cache=True, nogil=True)
+def _routing_table_model(phy2log, slots, num_experts, cost, table):
+    """table int64 [L, G, E] (output): slot that source rank s uses for expert e (nearest).
+
+    Ties go round-robin by source rank (the (s mod k)-th of the k tied slots, ascending), so
+    that sources spread over tied replicas as the even split of the load model assumes.
+    """
+    num_layers = phy2log.shape[0]
+    num_ranks = cost.shape[0]
+    for layer in range(num_layers):
+        rep, cnt = replica_lists(phy2log[layer], num_experts)
+        for e in range(num_experts):
+            c = cnt[e]
+            for s in range(num_ranks):
+                best = np.inf
+                ties = 0
+                for i in range(c):
+                    v = cost[s, rep[e, i] // slots]
+                    if v < best:
+                        best = v
+                        ties = 1
+                    elif v == best:
+                        ties += 1
+                pick = s % ties
+                for i in range(c):
+                    if cost[s, rep[e, i] // slots] == best:
+                        if pick == 0:
+                            table[layer, s, e] = rep[e, i]
+                            break
+                        pick -= 1
+
+
+def check_phy2log(phy2log: Any, num_experts: int, topo: Topology) -> np.ndarray:
+    """phy2log as int64 [L, P] with P a multiple of G and every expert of [0, E) present."""
+    if hasattr(phy2log, "detach"):
+        phy2log = phy2log.detach().cpu().numpy()
+    arr = np.asarray(phy2log)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.dtype.kind not in "iu":
+        raise InputError(f"phy2log must be an int array [L, P], got shape {list(arr.shape)} "
+                         f"dtype {arr.dtype}")
+    num_slots = arr.shape[1]
+    if num_slots % topo.num_ranks:
+        raise InputError(f"phy2log has P = {num_slots} slots, not a multiple of the "
+                         f"topology's G = {topo.num_ranks} ranks")
+    if arr.size and (arr.min() < 0 or arr.max() >= num_experts):
+        raise InputError(f"phy2log entries must be expert ids in [0, {num_experts})")
+    for layer in range(arr.shape[0]):
+        if np.unique(arr[layer]).size != num_experts:
+            raise InputError(f"phy2log layer {layer} does not hold every expert of [0, {num_experts})")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _as_weights(loads: Any, num_layers: int) -> np.ndarray:
+    if hasattr(loads, "detach"):
+        loads = loads.detach().cpu().numpy()
+    arr = np.asarray(loads, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] != num_layers:
+        raise InputError(f"loads must be [L, E] with L = {num_layers} (aggregate a [T, L, E] "
+                         f"window first), got {list(np.shape(loads))}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise InputError("loads must hold finite values >= 0")
+    return np.ascontiguousarray(arr)
+
+
+def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch: str):
+    """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], share, code, S)."""
+    code = dispatch_code(dispatch)
+    topo = as_topology(topo)
+    if hasattr(loads, "detach"):
+        loads = loads.detach().cpu().numpy()
+    num_experts = np.shape(loads)[-1]
+    placement = check_phy2log(phy2log, num_experts, topo)
+    weights = _as_weights(loads, placement.shape[0])
+    counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, num_experts)
+    tokens, share = source_traffic(counts, weights, topo.num_ranks)
+    return placement, weights, topo, tokens, share, code, placement.shape[1] // topo.num_ranks
+
+
+def routing_table(phy2log: Any, topo: TopologyLike, num_experts: Optional[int] = None) -> np.ndarray:
+    """Nearest-replica routing table int64 [L, G, E]: the slot source rank s uses for expert e.
+
+    This is the per-rank static dispatch map SGLang's ``ep_dispatch_algorithm="static"`` needs
+    (its ``logical_to_rank_dispatch_physical_map`` indexed [rank, layer, expert]). ``phy2log``
+    is [L, P]; ``num_experts`` defaults to max id + 1.
+    """
+    topo = as_topology(topo)
+    arr = np.asarray(phy2log.detach().cpu().numpy() if hasattr(phy2log, "detach") else phy2log)
+    if num_experts is None:
+        num_experts = int(arr.max()) + 1 if arr.size else 0
+    placement = check_phy2log(arr, num_experts, topo)
+    table = np.empty((placement.shape[0], topo.num_ranks, num_experts), dtype=np.int64)
+    _routing_table_model(placement, placement.shape[1] // topo.num_ranks, num_experts,
+                         topo.link_cost, table)
+    return table
+
+
+def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any = None,
+                    dispatch: str = "even") -> Dict[str, Any]:
+    """Traffic and rank-load metrics of a placement under a dispatch model.
+
+    Args:
+        phy2log: int [L, P] (or [P]) expert of each slot.
+        loads: float [L, E] (or [E]) expert loads, e.g. routed picks per expert.
+        topo: Topology or int G.
+        traffic: per-source counts [L, G, E] or [T, L, G, E]; None = uniform sources.
+        dispatch: "even" or "nearest".
+
+    Returns a dict:
+        dispatch: the model used.
+        traffic: float, total cost (sum of tokens x link cost, in topology cost units).
+        traffic_per_layer: float64 [L].
+        cross_node_fraction / cross_numa_fraction: float, share of routed tokens served on
+            another node / on another NUMA domain of the same node (sum over layers).
+        cross_node_fraction_per_layer / cross_numa_fraction_per_layer: float64 [L].
+        rank_loads: float64 [L, G], load per rank under this dispatch (equals the even
+            loads for "even").
+        routing_table: int64 [L, G, E] for "nearest" (see ``routing_table``), else None.
+    """
+    placement, weights, topo, tokens, share, code, slots = prepare(phy2log, loads, topo,
+                                                                   traffic, dispatch)
+    num_layers = placement.shape[0]
+    rank_loads = np.empty((num_layers, topo.num_ranks))
+    cost = np.empty(num_layers)
+    level_tokens = np.empty((num_layers, 4))
+    _route_model(placement, slots, weights, tokens, share, topo.link_cost, topo.level,
+                 code == NEAREST, rank_loads, cost, level_tokens)
+    per_layer_total = level_tokens.sum(axis=1)
+    safe = np.where(per_layer_total > 0, per_layer_total, 1.0)
+    grand = max(float(per_layer_total.sum()), np.finfo(np.float64).tiny)
+    table = None
+    if code == NEAREST:
+        table = np.empty((num_layers, topo.num_ranks, weights.shape[1]), dtype=np.int64)
+        _routing_table_model(placement, slots, weights.shape[1], topo.link_cost, table)
+    return {
+        "dispatch": dispatch,
+        "traffic": float(cost.sum()),
+        "traffic_per_layer": cost,
+        "cross_node_fraction": float(level_tokens[:, CROSS_NODE].sum() / grand),
+        "cross_numa_fraction": float(level_tokens[:, CROSS_NUMA].sum() / grand),
+        "cross_node_fraction_per_layer": level_tokens[:, CROSS_NODE] / safe,
+        "cross_numa_fraction_per_layer": level_tokens[:, CROSS_NUMA] / safe,
+        "rank_loads": rank_loads,
+        "routing_table": table,
+    }

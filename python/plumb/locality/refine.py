@@ -1,0 +1,380 @@
+"""The locality pass: after balancing, cut traffic without making balance worse than allowed.
+
+Per layer, with ``cap = (1 + load_slack) * max(load / speed)`` of the input placement and rank
+loads always computed under the dispatch model in use (nearest routing moves load between
+replicas):
+
+1. re-packing (plumb.locality.repack): the same replicas packed again nodes first (NUMA
+   domains first on a single node), each replica pinned towards the node whose sources send
+   it the most. Taken only if every rank stays within the cap and traffic drops. This is what
+   moves expert groups across nodes when the balanced solution is tight.
+2. swap search: swaps of two slots' experts between ranks (slots per rank and replica counts
+   stay fixed, so the placement invariants hold by construction). ``move[p, g]`` is the exact
+   change of the layer's traffic cost if the replica in slot p alone moved to rank g; traffic
+   cost is a sum over experts, so a swap of two different experts gains exactly
+   ``-(move[p, g2] + move[q, g1])``. Under even dispatch it is the replica's token-cost
+   difference (pulls experts to the ranks that send them most); under nearest dispatch it also
+   sees sources re-routing, so it spreads the replicas of an expert over the nodes and domains
+   whose sources use it. A swap is taken only if every rank whose load rises stays within the
+   cap; for each slot in order the best feasible swap is applied, and sweeps repeat until none
+   improves or ``max_sweeps``. Swaps never put a second replica of an expert on a rank.
+
+Hierarchical layers (``keep_node``) skip the re-packing and only swap within a node: the
+group-to-node packing that group-limited routing relies on stays intact and the pass improves
+NUMA and rank locality. Everything is sequential in a fixed order, so the result is
+deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from numba import njit
+
+from ..errors import InputError
+from ..topology import Topology, TopologyLike
+from .dispatch import expert_routing, prepare, replica_lists
+from .repack import node_preferences, repack_layer
+from .traffic import NEAREST
+
+# Gains below this fraction of the layer's traffic cost are treated as ties (float noise).
+_REL_EPS = 1e-12
+
+
+@njit(cache=True, nogil=True)
+def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ranks, rep_load,
+                  no_levels):
+    """Routes expert e as placed now; rep_load[:c] gets each replica's load; returns its cost.
+
+    tok, shr: float64 [E, G] tokens and source shares (expert-major for contiguous rows);
+    ranks: int64 scratch; no_levels: float64 [0] (tokens per level are not tracked here).
+    """
+    c = cnt[e]
+    for i in range(c):
+        ranks[i] = rep[e, i] // slots
+    return expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, nearest, rep_load,
+                          no_levels)
+
+
+@njit(cache=True, nogil=True)
+def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, now, token_cost,
+                  move, shift, ranks, rep_load, no_levels):
+    """Fills ``move[p, :]`` (and ``shift[p, :, :c]`` under nearest) for each replica p of e.
+
+    ``now`` is e's current traffic cost; ``token_cost[e, g]`` the cost of all of e's tokens
+    served on rank g. ``shift[p, g, k]``: load of e's k-th replica (in ``rep`` order) if
+    replica p alone moved to rank g, so that a swap's exact rank loads cost O(replicas) to check.
+    """
+    num_ranks = cost.shape[0]
+    c = cnt[e]
+    if not nearest:
+        # Even dispatch: a replica carries 1/c of every source's tokens wherever it sits.
+        for i in range(c):
+            p = rep[e, i]
+            here = token_cost[e, p // slots]
+            for g in range(num_ranks):
+                move[p, g] = (token_cost[e, g] - here) / c
+        return
+    for i in range(c):
+        ranks[i] = rep[e, i] // slots
+    for i in range(c):
+        p = rep[e, i]
+        home = ranks[i]
+        for g in range(num_ranks):
+            ranks[i] = g
+            moved = expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, True,
+                                   rep_load, no_levels)
+            # Same inputs give bit-identical sums, so staying put is exactly 0.
+            move[p, g] = moved - now
+            for k in range(c):
+                shift[p, g, k] = rep_load[k]
+        ranks[i] = home
+
+
+@njit(cache=True, nogil=True)
+def _layer_state(slot_e, slots, weights, tok, shr, cost, level, nearest, load):
+    """Exact rank loads (into ``load`` [G]) and traffic cost of one layer's placement."""
+    rep, cnt = replica_lists(slot_e, weights.shape[0])
+    ranks = np.empty(rep.shape[1], dtype=np.int64)
+    rep_load = np.empty(rep.shape[1], dtype=np.float64)
+    no_levels = np.zeros(0, dtype=np.float64)
+    load[:] = 0.0
+    total = 0.0
+    for e in range(weights.shape[0]):
+        total += _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ranks,
+                               rep_load, no_levels)
+        for i in range(cnt[e]):
+            load[ranks[i]] += rep_load[i]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_of_rank, nearest,
+               keep_node, limit, max_sweeps):
+    """Swap search for one layer; edits ``slot_e`` (int64 [P]) in place.
+
+    Args:
+        weights: float64 [E]; tok, shr: float64 [E, G] tokens and source shares;
+        cost: float64 [G, G]; level: int64 [G, G]; node_of_rank: int64 [G].
+        token_cost: float64 [E, G], tok @ cost: cost of all of e's tokens served on rank g.
+        limit: float64 [G], the most load a rank may carry after a swap that raises it.
+
+    Returns:
+        (swaps applied, traffic cost after).
+    """
+    num_slots = slot_e.shape[0]
+    num_ranks = cost.shape[0]
+    num_experts = weights.shape[0]
+    rep, cnt = replica_lists(slot_e, num_experts)
+    max_c = rep.shape[1]
+    has = np.zeros((num_ranks, num_experts), dtype=np.int64)
+    slot_load = np.zeros(num_slots, dtype=np.float64)
+    ecost = np.zeros(num_experts, dtype=np.float64)
+    ranks = np.empty(max_c, dtype=np.int64)
+    rep_load = np.empty(max_c, dtype=np.float64)
+    no_levels = np.zeros(0, dtype=np.float64)
+    for p in range(num_slots):
+        has[p // slots, slot_e[p]] += 1
+    load = np.zeros(num_ranks, dtype=np.float64)
+    for e in range(num_experts):
+        ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest,
+                                 ranks, rep_load, no_levels)
+        for i in range(cnt[e]):
+            slot_load[rep[e, i]] = rep_load[i]
+            load[rep[e, i] // slots] += rep_load[i]
+    move = np.zeros((num_slots, num_ranks), dtype=np.float64)
+    shift = np.zeros((num_slots if nearest else 1, num_ranks, max_c), dtype=np.float64)
+    for e in range(num_experts):
+        _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ecost[e],
+                      token_cost, move, shift, ranks, rep_load, no_levels)
+    eps = _REL_EPS * (ecost.sum() + 1.0)
+    # Scratch for the exact load check under nearest dispatch.
+    delta = np.zeros(num_ranks, dtype=np.float64)
+    touched = np.empty(4 * max_c, dtype=np.int64)
+    swaps = 0
+    for _ in range(max_sweeps):
+        improved = 0
+        for p in range(num_slots):
+            e1 = slot_e[p]
+            g1 = p // slots
+            best_gain = eps
+            best_q = -1
+            for g2 in range(num_ranks):
+                if g2 == g1 or move[p, g2] >= 0.0 or has[g2, e1] > 0:
+                    continue
+                if keep_node and node_of_rank[g2] != node_of_rank[g1]:
+                    continue
+                for q in range(g2 * slots, (g2 + 1) * slots):
+                    e2 = slot_e[q]
+                    if e2 == e1 or has[g1, e2] > 0:
+                        continue
+                    gain = -(move[p, g2] + move[q, g1])
+                    if gain <= best_gain:
+                        continue
+                    if not nearest:
+                        new1 = load[g1] - slot_load[p] + slot_load[q]
+                        new2 = load[g2] - slot_load[q] + slot_load[p]
+                        if (new1 > load[g1] and new1 > limit[g1]) or (
+                                new2 > load[g2] and new2 > limit[g2]):
+                            continue
+                    else:
+                        # Routing of e1 and e2 changes on all their replicas' ranks.
+                        n_touched = 0
+                        for which in range(2):
+                            e = e1 if which == 0 else e2
+                            src = p if which == 0 else q
+                            dst = g2 if which == 0 else g1
+                            for i in range(cnt[e]):
+                                r_slot = rep[e, i]
+                                old_rank = r_slot // slots
+                                new_rank = dst if r_slot == src else old_rank
+                                delta[old_rank] -= slot_load[r_slot]
+                                delta[new_rank] += shift[src, dst, i]
+                                touched[n_touched] = old_rank
+                                touched[n_touched + 1] = new_rank
+                                n_touched += 2
+                        ok = True
+                        for k in range(n_touched):
+                            g = touched[k]
+                            if delta[g] > 0.0 and load[g] + delta[g] > limit[g]:
+                                ok = False
+                        for k in range(n_touched):
+                            delta[touched[k]] = 0.0
+                        if not ok:
+                            continue
+                    best_gain = gain
+                    best_q = q
+            if best_q < 0:
+                continue
+            q = best_q
+            g2 = q // slots
+            e2 = slot_e[q]
+            slot_e[p] = e2
+            slot_e[q] = e1
+            has[g1, e1] -= 1
+            has[g2, e1] += 1
+            has[g2, e2] -= 1
+            has[g1, e2] += 1
+            for i in range(cnt[e1]):
+                if rep[e1, i] == p:
+                    rep[e1, i] = q
+            for i in range(cnt[e2]):
+                if rep[e2, i] == q:
+                    rep[e2, i] = p
+            # Keep replica lists ascending (routing ties and tables read them in slot order).
+            rep[e1, :cnt[e1]] = np.sort(rep[e1, :cnt[e1]])
+            rep[e2, :cnt[e2]] = np.sort(rep[e2, :cnt[e2]])
+            for e in (e1, e2):
+                for i in range(cnt[e]):
+                    load[rep[e, i] // slots] -= slot_load[rep[e, i]]
+                ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level,
+                                         nearest, ranks, rep_load, no_levels)
+                for i in range(cnt[e]):
+                    slot_load[rep[e, i]] = rep_load[i]
+                    load[rep[e, i] // slots] += rep_load[i]
+                _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest,
+                              ecost[e], token_cost, move, shift, ranks, rep_load, no_levels)
+            swaps += 1
+            improved += 1
+        if improved == 0:
+            break
+    return swaps, ecost.sum()
+
+
+@njit(cache=True, nogil=True)
+def _stacked(row, slots):
+    """Replicas of ``row`` (int64 [P]) that share a rank with another replica of their expert."""
+    count = 0
+    for r in range(row.shape[0] // slots):
+        seen = np.sort(row[r * slots:(r + 1) * slots])
+        for j in range(1, slots):
+            if seen[j] == seen[j - 1]:
+                count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cost, speed,
+                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, stats):
+    """Runs the pass on every layer of phy2log (int64 [L, P], edited in place).
+
+    token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
+    group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
+    node) for the re-packing, or shape [0, 0] to skip it. keep_node: bool [L].
+    stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
+    Each rank's slots are sorted by expert id afterwards (the solver's canonical order).
+    """
+    num_layers, num_slots = phy2log.shape
+    num_ranks = cost.shape[0]
+    num_experts = weights.shape[1]
+    load = np.empty(num_ranks, dtype=np.float64)
+    limit = np.empty(num_ranks, dtype=np.float64)
+    candidate = np.empty(num_slots, dtype=np.int64)
+    item_w = np.empty(num_slots, dtype=np.float64)
+    for layer in range(num_layers):
+        row = phy2log[layer]
+        w = weights[layer]
+        tok = np.ascontiguousarray(tokens[layer].T)
+        shr = np.ascontiguousarray(share[layer].T)
+        before = _layer_state(row, slots, w, tok, shr, cost, level, nearest, load)
+        top = 0.0
+        for g in range(num_ranks):
+            top = max(top, load[g] / speed[g])
+        # Relative tolerance so that equal loads at the maximum stay feasible.
+        for g in range(num_ranks):
+            limit[g] = cap_factor * top * speed[g] * (1.0 + 1e-12)
+        after = before
+        stats[layer, 3] = 0.0
+        if group_ranks.shape[0] > 1 and not keep_node[layer]:
+            _, cnt = replica_lists(row, num_experts)
+            k = 0
+            for e in range(num_experts):
+                for _ in range(cnt[e]):
+                    item_w[k] = w[e] / cnt[e]
+                    k += 1
+            pref = node_preferences(token_cost[layer], group_ranks)
+            # Distinct ranks for every replica are possible iff no expert has more than G.
+            repack_layer(row, slots, item_w, cnt, pref, speed, group_ranks, nearest,
+                         cnt.max() <= num_ranks, candidate)
+            value = _layer_state(candidate, slots, w, tok, shr, cost, level, nearest, load)
+            fits = _stacked(candidate, slots) <= _stacked(row, slots)
+            for g in range(num_ranks):
+                fits = fits and load[g] <= limit[g]
+            if fits and value < after:
+                row[:] = candidate
+                after = value
+                stats[layer, 3] = 1.0
+        swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, token_cost[layer],
+                                  node_of_rank, nearest, keep_node[layer], limit, max_sweeps)
+        for r in range(num_ranks):
+            row[r * slots:(r + 1) * slots] = np.sort(row[r * slots:(r + 1) * slots])
+        stats[layer, 0] = swaps
+        stats[layer, 1] = before
+        stats[layer, 2] = after
+
+
+def _group_ranks(topo: Topology) -> np.ndarray:
+    """int64 [groups, size]: ranks of each node, or of each NUMA domain when there is one node;
+    [0, 0] when there is one group or the groups differ in size (no re-packing then)."""
+    labels = topo.node_of_rank if topo.num_nodes > 1 else topo.numa_of_rank
+    groups = [np.flatnonzero(labels == value) for value in np.unique(labels)]
+    if len(groups) < 2 or len({len(g) for g in groups}) != 1:
+        return np.zeros((0, 0), dtype=np.int64)
+    return np.ascontiguousarray(np.stack(groups), dtype=np.int64)
+
+
+def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any = None,
+                     dispatch: str = "even", load_slack: float = 0.0,
+                     keep_node: Optional[Any] = None, max_sweeps: int = 2):
+    """Lower the traffic of a balanced placement, keeping max rank load within the slack.
+
+    Args:
+        phy2log: int [L, P] balanced placement (not modified).
+        loads: float [L, E] expert loads it was balanced on.
+        topo: Topology or int G.
+        traffic: per-source counts [L, G, E] or [T, L, G, E]; None = uniform sources (then
+            only same-rank/same-domain effects exist; under even dispatch with uniform sources
+            and level costs every placement has the same traffic, and the pass changes nothing).
+        dispatch: "even" or "nearest"; loads and traffic are measured under this model.
+        load_slack: float >= 0; max(rank load / speed) may grow to (1 + slack) x the input's.
+        keep_node: bool [L] (or one bool): layers whose replicas must stay on their node
+            (hierarchical layers). Default: none.
+        max_sweeps: int >= 1, passes of the swap search over all slots per layer (after a
+            re-packing most gains come in the first; more sweeps cost time for little).
+
+    Returns:
+        (phy2log int64 [L, P], info dict with "swaps" int64 [L], "traffic_before" and
+        "traffic_after" float64 [L], "repacked" bool [L]). Replica counts (logcnt) are
+        unchanged; each rank's slots are sorted by expert id.
+    """
+    placement, weights, topo, tokens, share, code, slots = prepare(phy2log, loads, topo,
+                                                                   traffic, dispatch)
+    try:
+        slack = float(load_slack)
+    except (TypeError, ValueError):
+        raise InputError(f"load_slack must be a number >= 0, got {load_slack!r}") from None
+    if not np.isfinite(slack) or slack < 0:
+        raise InputError(f"load_slack must be a finite number >= 0 (0.01 = 1%), got {load_slack!r}")
+    if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
+        raise InputError(f"max_sweeps must be an int >= 1, got {max_sweeps!r}")
+    num_layers = placement.shape[0]
+    if keep_node is None:
+        keep = np.zeros(num_layers, dtype=np.bool_)
+    else:
+        keep = np.asarray(keep_node, dtype=np.bool_)
+        if keep.ndim == 0:
+            keep = np.full(num_layers, bool(keep))
+        if keep.shape != (num_layers,):
+            raise InputError(f"keep_node must be one bool or [L] = [{num_layers}] bools, "
+                             f"got shape {list(keep.shape)}")
+    out = placement.copy()
+    stats = np.zeros((num_layers, 4))
+    # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
+    token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
+    _refine_model(out, slots, weights, tokens, share, topo.link_cost, topo.level, token_cost,
+                  topo.rank_speed, topo.node_of_rank, _group_ranks(topo), code == NEAREST, keep, 1.0 + slack,
+                  int(max_sweeps), stats)
+    info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
+                            "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
+    return out, info

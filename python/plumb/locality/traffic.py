@@ -1,0 +1,76 @@
+"""Per-source traffic: how many routed picks each source rank sends to each expert."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError
+
+DISPATCH_MODES = ("even", "nearest")
+EVEN = 0
+NEAREST = 1
+
+
+def dispatch_code(dispatch: str) -> int:
+    """EVEN or NEAREST for ``dispatch`` = "even" | "nearest"."""
+    if dispatch not in DISPATCH_MODES:
+        raise InputError(f"dispatch must be one of {list(DISPATCH_MODES)}, got {dispatch!r}")
+    return DISPATCH_MODES.index(dispatch)
+
+
+def _as_float_array(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor, possibly on a device
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be an array of numbers") from None
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise InputError(f"{name} must hold finite counts >= 0")
+    return arr
+
+
+def as_traffic(traffic: Any, num_layers: int, num_ranks: int, num_experts: int) -> Optional[np.ndarray]:
+    """Validated per-source counts as float64 [L, G, E] (None stays None).
+
+    ``traffic``: array-like [L, G, E] (routed picks from source rank s to expert e in each
+    layer), [T, L, G, E] (a window of steps, summed), or [G, E] when L == 1.
+    """
+    if traffic is None:
+        return None
+    arr = _as_float_array(traffic, "traffic")
+    expected = (num_layers, num_ranks, num_experts)
+    if arr.ndim == 2 and num_layers == 1:
+        arr = arr[None]
+    elif arr.ndim == 4:
+        arr = arr.sum(axis=0)
+    if arr.shape != expected:
+        raise InputError(f"traffic must be [L, G, E] = {list(expected)} or [T, L, G, E], "
+                         f"got {list(np.shape(traffic))}")
+    return np.ascontiguousarray(arr)
+
+
+def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks: int):
+    """Token counts per (layer, source, expert) and each expert's source shares.
+
+    Args:
+        traffic: float64 [L, G, E] from ``as_traffic``, or None (tokens originate uniformly
+            over ranks: each source sends weights[l, e] / G).
+        weights: float64 [L, E], the expert loads the placement was balanced on.
+        num_ranks: G.
+
+    Returns:
+        (tokens float64 [L, G, E], share float64 [L, G, E]): ``share[l, :, e]`` sums to 1 over
+        sources (uniform where expert e received no traffic). Rank loads under nearest dispatch
+        are ``weights * share`` routed, so they add up to the same loads as even dispatch.
+    """
+    num_layers, num_experts = weights.shape
+    if traffic is None:
+        tokens = np.repeat((weights / num_ranks)[:, None, :], num_ranks, axis=1)
+        share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
+        return np.ascontiguousarray(tokens), share
+    totals = traffic.sum(axis=1, keepdims=True)
+    share = np.where(totals > 0, traffic / np.where(totals > 0, totals, 1.0), 1.0 / num_ranks)
+    return traffic, np.ascontiguousarray(share)

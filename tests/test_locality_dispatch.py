@@ -1,0 +1,156 @@
+"""Traffic metrics, dispatch models and the nearest-replica routing table."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plumb.errors import InputError
+from plumb.locality import as_traffic, routing_table, traffic_metrics
+from plumb.topology import Topology
+
+
+def _example():
+    # 2 nodes x 2 ranks; expert 0 on ranks 0 and 3, expert 1 on rank 1, expert 2 on rank 2.
+    topo = Topology.cluster(2, 2)
+    phy2log = np.array([[0, 1, 2, 0]])
+    loads = np.array([[8.0, 4.0, 4.0]])
+    traffic = np.zeros((1, 4, 3))
+    traffic[0, [0, 3], 0] = 4.0
+    traffic[0, [0, 1], 1] = 2.0
+    traffic[0, [2, 3], 2] = 2.0
+    return topo, phy2log, loads, traffic
+
+
+def test_even_dispatch_by_hand():
+    topo, phy2log, loads, traffic = _example()
+    m = traffic_metrics(phy2log, loads, topo, traffic, "even")
+    # Expert 0: each source sends half of its 4 tokens across nodes (cost 8): 2 * 2 * 8 = 32;
+    # experts 1 and 2: 2 tokens each from a same-node rank (cost 1).
+    assert m["traffic"] == pytest.approx(36.0)
+    assert m["cross_node_fraction"] == pytest.approx(4 / 16)
+    assert m["cross_numa_fraction"] == 0.0
+    assert m["rank_loads"].tolist() == [[4.0, 4.0, 4.0, 4.0]]
+    assert m["routing_table"] is None
+
+
+def test_nearest_dispatch_by_hand():
+    topo, phy2log, loads, traffic = _example()
+    m = traffic_metrics(phy2log, loads, topo, traffic, "nearest")
+    assert m["traffic"] == pytest.approx(4.0)
+    assert m["cross_node_fraction"] == 0.0
+    assert m["rank_loads"].tolist() == [[4.0, 4.0, 4.0, 4.0]]
+    # Sources 1 and 2 never send to expert 0, but the table still names their nearest replica.
+    assert m["routing_table"][0, :, 0].tolist() == [0, 0, 3, 3]
+    assert m["routing_table"][0, :, 1].tolist() == [1, 1, 1, 1]
+
+
+def test_nearest_ties_split_evenly_and_table_round_robins():
+    topo = Topology.flat(4)
+    phy2log = np.array([[0, 0, 1, 2]])  # expert 0 on ranks 0 and 1
+    loads = np.array([[8.0, 1.0, 1.0]])
+    m = traffic_metrics(phy2log, loads, topo, None, "nearest")
+    # Uniform sources: ranks 0 and 1 keep their own quarter, ranks 2 and 3 tie and split.
+    assert m["rank_loads"][0, :2].tolist() == [4.0, 4.0]
+    assert routing_table(phy2log, topo)[0, :, 0].tolist() == [0, 1, 0, 1]
+
+
+def test_uniform_sources_even_dispatch_traffic_is_placement_invariant():
+    topo = Topology.cluster(2, 4, 2)
+    rng = np.random.default_rng(1)
+    loads = rng.lognormal(size=(2, 12))
+    values = set()
+    for _ in range(5):
+        phy2log = np.stack([rng.permutation(np.r_[np.arange(12), rng.choice(12, 4)])
+                            for _ in range(2)])
+        m = traffic_metrics(phy2log, loads, topo)
+        values.add(round(m["traffic"], 9))
+        assert m["cross_node_fraction"] == pytest.approx(0.5)
+    assert len(values) == 1
+
+
+def _reference_nearest(phy2log, loads, topo, traffic):
+    """Straightforward numpy model: rank loads and cost of nearest dispatch."""
+    num_layers, num_slots = phy2log.shape
+    slots = num_slots // topo.num_ranks
+    rank_loads = np.zeros((num_layers, topo.num_ranks))
+    cost = 0.0
+    for layer in range(num_layers):
+        for e in range(loads.shape[1]):
+            where = np.flatnonzero(phy2log[layer] == e) // slots
+            total = traffic[layer, :, e].sum()
+            for s in range(topo.num_ranks):
+                share = traffic[layer, s, e] / total if total > 0 else 1 / topo.num_ranks
+                c = topo.link_cost[s, where]
+                tied = where[c == c.min()]
+                for r in tied:
+                    rank_loads[layer, r] += loads[layer, e] * share / len(tied)
+                cost += traffic[layer, s, e] * c.min()
+    return rank_loads, cost
+
+
+@st.composite
+def _cases(draw):
+    nodes = draw(st.integers(1, 3))
+    gpn = draw(st.sampled_from([1, 2, 4]))
+    numa = draw(st.sampled_from([d for d in (1, 2) if gpn % d == 0]))
+    topo = Topology.cluster(nodes, gpn, numa)
+    g = topo.num_ranks
+    slots = draw(st.integers(1, 3))
+    num_experts = draw(st.integers(1, g * slots))
+    num_layers = draw(st.integers(1, 2))
+    seed = draw(st.integers(0, 2 ** 31))
+    rng = np.random.default_rng(seed)
+    phy2log = np.stack([rng.permutation(np.r_[np.arange(num_experts),
+                                              rng.integers(0, num_experts, g * slots - num_experts)])
+                        for _ in range(num_layers)])
+    loads = rng.integers(0, 20, (num_layers, num_experts)).astype(float)
+    traffic = rng.integers(0, 5, (num_layers, g, num_experts)).astype(float)
+    return topo, phy2log, loads, traffic
+
+
+@settings(max_examples=40, deadline=None)
+@given(_cases())
+def test_nearest_routing_table_and_loads_are_consistent(case):
+    topo, phy2log, loads, traffic = case
+    m = traffic_metrics(phy2log, loads, topo, traffic, "nearest")
+    table = m["routing_table"]
+    slots = phy2log.shape[1] // topo.num_ranks
+    for layer in range(phy2log.shape[0]):
+        for e in range(loads.shape[1]):
+            where = np.flatnonzero(phy2log[layer] == e) // slots
+            for s in range(topo.num_ranks):
+                slot = table[layer, s, e]
+                assert phy2log[layer, slot] == e
+                assert topo.link_cost[s, slot // slots] == topo.link_cost[s, where].min()
+    rank_loads, cost = _reference_nearest(phy2log, loads, topo, traffic)
+    assert np.allclose(m["rank_loads"], rank_loads)
+    assert m["traffic"] == pytest.approx(cost)
+    # Every routed token is counted once: fractions stay in [0, 1].
+    assert 0 <= m["cross_node_fraction"] + m["cross_numa_fraction"] <= 1 + 1e-12
+    even = traffic_metrics(phy2log, loads, topo, traffic, "even")
+    assert np.allclose(even["rank_loads"].sum(axis=1), loads.sum(axis=1))
+    assert np.allclose(m["rank_loads"].sum(axis=1), loads.sum(axis=1))
+    assert m["traffic"] <= even["traffic"] + 1e-9
+
+
+def test_traffic_shapes_and_errors():
+    window = np.ones((3, 2, 4, 5))
+    assert as_traffic(window, 2, 4, 5).tolist() == np.full((2, 4, 5), 3.0).tolist()
+    assert as_traffic(np.ones((4, 5)), 1, 4, 5).shape == (1, 4, 5)
+    assert as_traffic(None, 2, 4, 5) is None
+    with pytest.raises(InputError, match=r"traffic must be \[L, G, E\] = \[2, 4, 5\]"):
+        as_traffic(np.ones((2, 3, 5)), 2, 4, 5)
+    with pytest.raises(InputError, match="finite counts >= 0"):
+        as_traffic(-np.ones((2, 4, 5)), 2, 4, 5)
+    topo, phy2log, loads, traffic = _example()
+    with pytest.raises(InputError, match="dispatch must be one of"):
+        traffic_metrics(phy2log, loads, topo, traffic, "random")
+    with pytest.raises(InputError, match="not a multiple of the topology's G = 3"):
+        traffic_metrics(phy2log, loads, 3)
+    with pytest.raises(InputError, match="does not hold every expert"):
+        traffic_metrics(np.array([[0, 0, 1, 1]]), loads, topo)
+    with pytest.raises(InputError, match=r"expert ids in \[0, 3\)"):
+        traffic_metrics(np.array([[0, 1, 2, 3]]), loads, topo)
+    with pytest.raises(InputError, match=r"loads must be \[L, E\] with L = 1"):
+        traffic_metrics(phy2log, np.ones((2, 3)), topo)

@@ -1,0 +1,157 @@
+"""The locality pass: balance within slack, invariants kept, traffic never up, deterministic."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plumb.errors import InputError
+from plumb.locality import improve_locality, traffic_metrics
+from plumb.topology import Topology
+
+
+def _per_rank_counts(phy2log, num_ranks, num_experts):
+    """int [L, G, E] replicas of each expert on each rank."""
+    num_layers, num_slots = phy2log.shape
+    ranks = np.arange(num_slots) // (num_slots // num_ranks)
+    out = np.zeros((num_layers, num_ranks, num_experts), dtype=np.int64)
+    for layer in range(num_layers):
+        np.add.at(out[layer], (ranks, phy2log[layer]), 1)
+    return out
+
+
+def _max_time(rank_loads, speed):
+    return (rank_loads / speed).max(axis=1)
+
+
+@st.composite
+def _cases(draw):
+    nodes = draw(st.integers(1, 3))
+    gpn = draw(st.sampled_from([2, 4]))
+    numa = draw(st.sampled_from([1, 2]))
+    seed = draw(st.integers(0, 2 ** 31))
+    rng = np.random.default_rng(seed)
+    speed = rng.choice([1.0, 1.5], nodes * gpn) if draw(st.booleans()) else None
+    topo = Topology.cluster(nodes, gpn, numa, rank_speed=speed)
+    g = topo.num_ranks
+    slots = draw(st.integers(1, 4))
+    redundant = draw(st.integers(0, g * slots - 1))
+    num_experts = g * slots - redundant
+    num_layers = draw(st.integers(1, 2))
+    phy2log = np.stack([rng.permutation(np.r_[np.arange(num_experts),
+                                              rng.integers(0, num_experts, redundant)])
+                        for _ in range(num_layers)])
+    loads = rng.lognormal(0, 1, (num_layers, num_experts)) * rng.integers(0, 2, num_experts)
+    traffic = None
+    if draw(st.booleans()):
+        traffic = rng.integers(0, 6, (num_layers, g, num_experts)).astype(float)
+    return dict(topo=topo, phy2log=phy2log, loads=loads, traffic=traffic,
+                dispatch=draw(st.sampled_from(["even", "nearest"])),
+                load_slack=draw(st.sampled_from([0.0, 0.01, 0.05])),
+                keep_node=draw(st.booleans()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(_cases())
+def test_pass_properties(case):
+    topo, phy2log, loads = case["topo"], case["phy2log"], case["loads"]
+    kwargs = dict(traffic=case["traffic"], dispatch=case["dispatch"])
+    out, info = improve_locality(phy2log, loads, topo, load_slack=case["load_slack"],
+                                 keep_node=case["keep_node"], **kwargs)
+    g, e = topo.num_ranks, loads.shape[1]
+    slots = phy2log.shape[1] // g
+    # Placement invariants: same replicas per expert, each rank's slots sorted by expert id.
+    assert out.shape == phy2log.shape and out.dtype == np.int64
+    for layer in range(out.shape[0]):
+        assert np.array_equal(np.bincount(out[layer], minlength=e),
+                              np.bincount(phy2log[layer], minlength=e))
+        assert np.all(np.diff(out[layer].reshape(g, slots), axis=1) >= 0)
+    before_counts = _per_rank_counts(phy2log, g, e)
+    after_counts = _per_rank_counts(out, g, e)
+    # Replicas sharing a rank with their expert's other replicas never increase.
+    assert np.maximum(after_counts - 1, 0).sum() <= np.maximum(before_counts - 1, 0).sum()
+    if case["keep_node"]:
+        for node in range(topo.num_nodes):
+            ranks = topo.node_of_rank == node
+            assert np.array_equal(after_counts[:, ranks].sum(1), before_counts[:, ranks].sum(1))
+    # Balance under the same dispatch model never worse than the slack allows.
+    before = traffic_metrics(phy2log, loads, topo, **kwargs)
+    after = traffic_metrics(out, loads, topo, **kwargs)
+    cap = (1 + case["load_slack"]) * _max_time(before["rank_loads"], topo.rank_speed)
+    assert np.all(_max_time(after["rank_loads"], topo.rank_speed) <= cap * (1 + 1e-9) + 1e-12)
+    # Traffic never increases, per layer, and the pass reports it correctly.
+    assert np.all(after["traffic_per_layer"] <= before["traffic_per_layer"] * (1 + 1e-9) + 1e-9)
+    assert np.allclose(info["traffic_before"], before["traffic_per_layer"])
+    assert np.allclose(info["traffic_after"], after["traffic_per_layer"])
+    # Deterministic.
+    again, _ = improve_locality(phy2log, loads, topo, load_slack=case["load_slack"],
+                                keep_node=case["keep_node"], **kwargs)
+    assert np.array_equal(again, out)
+
+
+def _skewed(nodes, gpn, numa, num_experts, redundant, seed=0, by="node"):
+    """Loads [1, E], per-source traffic [1, G, E] where each node (or NUMA domain, ``by``)
+    prefers its own experts, and a random placement (hot experts replicated) to improve."""
+    rng = np.random.default_rng(seed)
+    topo = Topology.cluster(nodes, gpn, numa)
+    g = topo.num_ranks
+    loads = np.round(rng.lognormal(0, 0.5, (1, num_experts)) * 100)
+    group_of_rank = topo.node_of_rank if by == "node" else topo.numa_of_rank
+    preferred = np.arange(num_experts) % (group_of_rank.max() + 1)
+    traffic = np.empty((1, g, num_experts))
+    for s in range(g):
+        traffic[0, s] = loads[0] / g * np.where(preferred == group_of_rank[s], 3.0, 1.0)
+    traffic *= loads / traffic.sum(axis=1)
+    slots = (num_experts + redundant) // g
+    hot = np.argsort(-loads[0], kind="stable")[:redundant]
+    phy2log = rng.permutation(np.r_[np.arange(num_experts), hot])[None]
+    return topo, loads, traffic, phy2log, slots
+
+
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+@pytest.mark.parametrize("redundant", [0, 16])
+def test_skewed_sources_cut_cross_node_traffic(dispatch, redundant):
+    topo, loads, traffic, phy2log, _ = _skewed(2, 8, 2, 64, redundant)
+    before = traffic_metrics(phy2log, loads, topo, traffic, dispatch)
+    out, info = improve_locality(phy2log, loads, topo, traffic, dispatch, load_slack=0.0)
+    after = traffic_metrics(out, loads, topo, traffic, dispatch)
+    assert info["swaps"][0] > 0
+    assert after["cross_node_fraction"] < 0.75 * before["cross_node_fraction"]
+    assert after["rank_loads"].max() <= before["rank_loads"].max() * (1 + 1e-12)
+
+
+def test_more_slack_never_hurts_much_and_hierarchy_keeps_nodes():
+    topo, loads, traffic, phy2log, _ = _skewed(2, 4, 2, 32, 8, seed=3)
+    costs = [traffic_metrics(improve_locality(phy2log, loads, topo, traffic,
+                                              load_slack=slack)[0], loads, topo, traffic)["traffic"]
+             for slack in (0.0, 0.05, 0.5)]
+    assert costs[2] <= costs[0]
+    topo, loads, traffic, phy2log, _ = _skewed(2, 4, 2, 32, 8, seed=3, by="numa")
+    kept, _ = improve_locality(phy2log, loads, topo, traffic, keep_node=True)
+    after = traffic_metrics(kept, loads, topo, traffic)
+    before = traffic_metrics(phy2log, loads, topo, traffic)
+    # Within-node swaps cannot change cross-node traffic; they cut cross-NUMA traffic.
+    assert after["cross_node_fraction"] == pytest.approx(before["cross_node_fraction"])
+    assert after["cross_numa_fraction"] < before["cross_numa_fraction"]
+
+
+def test_uniform_sources_even_dispatch_leaves_placement_alone():
+    topo = Topology.cluster(2, 4, 2)
+    rng = np.random.default_rng(5)
+    loads = rng.lognormal(size=(2, 24))
+    phy2log = np.stack([np.sort(rng.permutation(np.r_[np.arange(24), np.arange(8)]).reshape(8, 4),
+                                axis=1).ravel() for _ in range(2)])
+    out, info = improve_locality(phy2log, loads, topo)
+    assert np.array_equal(out, phy2log) and info["swaps"].sum() == 0
+
+
+def test_argument_errors():
+    topo, loads, traffic, phy2log, _ = _skewed(2, 2, 1, 8, 0)
+    with pytest.raises(InputError, match="load_slack must be a finite number >= 0"):
+        improve_locality(phy2log, loads, topo, traffic, load_slack=-0.1)
+    with pytest.raises(InputError, match="max_sweeps"):
+        improve_locality(phy2log, loads, topo, traffic, max_sweeps=0)
+    with pytest.raises(InputError, match=r"keep_node must be one bool or \[L\] = \[1\]"):
+        improve_locality(phy2log, loads, topo, traffic, keep_node=[True, False])
+    with pytest.raises(InputError, match="dispatch"):
+        improve_locality(phy2log, loads, topo, traffic, dispatch="closest")
