@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -234,6 +236,39 @@ def test_physical_loads_remainder_goes_to_first_replicas():
     # Expert 1 (load 7) has slots 0, 2, 3: 7 = 3 + 2 + 2, the extra token on slot 0.
     loads = physical_loads(np.array([[[2, 7]]]), np.array([[1, 0, 1, 1]]))
     assert loads.tolist() == [[[3, 2, 2, 2]]]
+
+
+@st.composite
+def logical_and_placement(draw):
+    """Counts int64 [T, L, E] and a phy2log [L, P] holding every expert at least once."""
+    steps, layers = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    experts = draw(st.integers(1, 5))
+    extra = draw(st.integers(0, 6))
+    rows = []
+    for _ in range(layers):
+        row = list(range(experts)) + draw(st.lists(st.integers(0, experts - 1), min_size=extra,
+                                                   max_size=extra))
+        rows.append(draw(st.permutations(row)))
+    counts = draw(st.lists(st.integers(0, 10**6), min_size=steps * layers * experts,
+                           max_size=steps * layers * experts))
+    return (np.array(counts, dtype=np.int64).reshape(steps, layers, experts),
+            np.array(rows, dtype=np.int64))
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(logical_and_placement())
+def test_physical_loads_split_each_expert_exactly_and_evenly(case):
+    logical, phy2log = case
+    loads = physical_loads(logical, phy2log)
+    assert loads.shape == logical.shape[:2] + phy2log.shape[1:] and loads.dtype == np.int64
+    for step in range(logical.shape[0]):
+        for layer, row in enumerate(phy2log):
+            back = np.bincount(row, weights=loads[step, layer], minlength=logical.shape[2])
+            np.testing.assert_array_equal(back, logical[step, layer])
+            for expert in range(logical.shape[2]):
+                share = loads[step, layer][row == expert]
+                # Non-increasing over the expert's slots in ascending order, spread <= 1.
+                assert share.max() - share.min() <= 1 and np.all(np.diff(share) <= 0)
 
 
 @pytest.mark.parametrize("phy2log, message", [

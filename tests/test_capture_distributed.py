@@ -1,4 +1,4 @@
-"""``Recorder.all_reduce`` across real gloo process groups (2 processes, spawned)."""
+"""``Recorder.all_reduce`` across a real gloo process group of 3 processes (2 spawned)."""
 
 import datetime
 
@@ -11,7 +11,7 @@ mp = pytest.importorskip("torch.multiprocessing")
 from plumb.capture import Recorder  # noqa: E402
 from plumb.errors import InputError  # noqa: E402
 
-WORLD = 2
+WORLD = 3
 LAYERS, EXPERTS, WINDOW, STEPS = 3, 5, 4, 6
 
 
@@ -53,21 +53,27 @@ def reduce_on_rank(rank, init_file):
 
 
 def child(rank, init_file, results):
-    results.put(reduce_on_rank(rank, init_file))
+    results.put((rank, *reduce_on_rank(rank, init_file)))
 
 
 def test_all_reduce_sums_windows_over_gloo_ranks(tmp_path):
-    # Rank 0 is this process, rank 1 a spawned one: a real two-process gloo group.
+    # Rank 0 is this process, the others spawned ones: a real multi-process gloo group.
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     init_file = str(tmp_path / "init")
-    proc = ctx.Process(target=child, args=(1, init_file, results))
-    proc.start()
+    procs = [ctx.Process(target=child, args=(rank, init_file, results))
+             for rank in range(1, WORLD)]
+    for proc in procs:
+        proc.start()
     try:
-        got = {0: reduce_on_rank(0, init_file), 1: results.get(timeout=120)}
+        got = {0: reduce_on_rank(0, init_file)}
+        for _ in procs:
+            reply = results.get(timeout=120)
+            got[reply[0]] = reply[1:]
     finally:
-        proc.join(timeout=60)
-    assert proc.exitcode == 0
+        for proc in procs:
+            proc.join(timeout=60)
+    assert [proc.exitcode for proc in procs] == [0] * (WORLD - 1)
     locals_ = [filled(rank) for rank in range(WORLD)]
     window = sum(rec.window() for rec in locals_)
     for rank in range(WORLD):
@@ -76,12 +82,12 @@ def test_all_reduce_sums_windows_over_gloo_ranks(tmp_path):
         assert torch.equal(win, window)
         assert torch.equal(loads, window.sum(0))
         assert torch.equal(totals, sum(rec.totals() for rec in locals_))
-        assert current[0] == [1, 1, 0, 0, 0]
+        assert current[0] == [1] * WORLD + [0] * (EXPERTS - WORLD)
         # Each rank's counts land in its own source row: the full [L, G, E] traffic.
         for source in range(WORLD):
             assert torch.equal(traffic[:, source], locals_[source].totals())
         assert steps == STEPS and untouched
-        assert mismatch is not None and "steps in [6, 7]" in mismatch
+        assert mismatch is not None and f"steps in [{STEPS}, {STEPS + WORLD - 1}]" in mismatch
 
 
 def test_all_reduce_without_process_group_is_an_input_error():

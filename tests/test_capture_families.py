@@ -1,11 +1,14 @@
 """Capture on tiny transformers models of every supported family.
 
-Counts are checked two independent ways against what the model itself did:
-1. the ids the router module returned (read by a separate forward hook of the test), which
-   are the ids the model's experts consumed;
-2. the model's routing rule recomputed from ``output_router_logits`` (top-k of logits for the
+Counts are checked independently against what the model itself did:
+1. the ids the experts module of each MoE block received (read by a forward pre-hook of the
+   test on ``mlp.experts``): the experts the model really ran;
+2. the ids the router module returned (a separate forward hook of the test);
+3. the model's routing rule recomputed from ``output_router_logits`` (top-k of logits for the
    softmax routers and GPT-OSS; sigmoid + correction bias + group-limited top-k for
    DeepSeek-V3), compared per token.
+The recorder's window is smaller than the number of forwards, so the ring wraps and the
+never-capped totals must still hold every count.
 """
 
 import numpy as np
@@ -56,9 +59,17 @@ def test_counts_are_exactly_the_models_routing(family_model):
     spies = [module.register_forward_hook(
         lambda _m, _a, out, name=name: returned[name].append(out[2].clone()))
         for name, module, _ in routers]
+    # Every supported block calls self.experts(hidden_states, top_k_index, top_k_weights).
+    experts = {name: model.get_submodule(name.rsplit(".", 1)[0] + ".experts")
+               for name, _, _ in routers}
+    consumed = {name: [] for name in experts}
+    spies += [module.register_forward_pre_hook(
+        lambda _m, args, name=name: consumed[name].append(args[1].clone()))
+        for name, module in experts.items()]
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, VOCAB, shape, generator=gen) for shape in BATCHES]
-    handle = plumb.attach(model)
+    window_size = len(BATCHES) - 1
+    handle = plumb.attach(model, window=window_size)
     try:
         with torch.no_grad():
             outputs = [model(batch, output_router_logits=True) for batch in batches]
@@ -68,17 +79,16 @@ def test_counts_are_exactly_the_models_routing(family_model):
             spy.remove()
     recorder = handle.recorder
     num_experts = recorder.num_experts
-    window = recorder.window().numpy()
-    assert window.shape == (len(BATCHES), len(routers), num_experts)
     assert recorder.steps == len(BATCHES)
+    per_step = np.zeros((len(BATCHES), len(routers), num_experts), dtype=np.int64)
     naive_differs = False
     for step, (batch, output) in enumerate(zip(batches, outputs)):
         assert len(output.router_logits) == len(routers)
         for layer, (name, router, _) in enumerate(routers):
-            ids = returned[name][step]
+            ids = consumed[name][step]
             assert ids.shape == (batch.numel(), router.top_k)
-            expected = np.bincount(ids.reshape(-1).numpy(), minlength=num_experts)
-            np.testing.assert_array_equal(window[step, layer], expected, err_msg=f"{name} {step}")
+            assert torch.equal(returned[name][step], ids), name
+            per_step[step, layer] = np.bincount(ids.reshape(-1).numpy(), minlength=num_experts)
             rule = recompute_routing(family, router, output.router_logits[layer])
             assert torch.equal(rule.sort(-1).values, ids.sort(-1).values), name
             naive = output.router_logits[layer].float().topk(router.top_k, -1).indices
@@ -86,7 +96,14 @@ def test_counts_are_exactly_the_models_routing(family_model):
     if family == "deepseek_v3":
         # The bias and group limit change the choice: re-running top-k on logits is wrong.
         assert naive_differs
+    # The ring wrapped: the window is the last W steps, oldest first.
+    window = recorder.window().numpy()
+    np.testing.assert_array_equal(window, per_step[-window_size:])
     np.testing.assert_array_equal(recorder.loads().numpy(), window.sum(0))
+    # Totals keep every step and grow past the window size (no saturation at W).
+    totals = recorder.totals().numpy()
+    np.testing.assert_array_equal(totals, per_step.sum(0))
+    assert totals.max() > window_size
 
 
 def test_detach_restores_outputs_bit_for_bit(family_model):

@@ -5,6 +5,8 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -41,6 +43,46 @@ def test_window_is_exact_and_oldest_first_through_wraparound():
         np.testing.assert_array_equal(rec.totals().numpy(), np.sum(expected, axis=0))
     assert rec.steps == 11
     assert rec.window().shape == (window, num_layers, num_experts)
+
+
+@st.composite
+def recording_sessions(draw):
+    """(L, E, W, G, steps): each step a list of (layer, source, ids) records; ids may be -1."""
+    layers, experts = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    window, sources = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    record = st.tuples(st.integers(0, layers - 1), st.integers(0, sources - 1),
+                       st.lists(st.integers(-1, experts - 1), max_size=12))
+    steps = draw(st.lists(st.lists(record, max_size=4), max_size=9))
+    return layers, experts, window, sources, steps
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(recording_sessions(), st.booleans())
+def test_recorder_matches_a_numpy_model(session, close_last):
+    """Any sequence of record/step calls: window, loads, totals, current and traffic equal
+    plain numpy bookkeeping of the same ids (the last step left open unless close_last)."""
+    layers, experts, window, sources, steps = session
+    rec = Recorder(layers, experts, window=window, num_sources=sources)
+    closed, traffic = [], np.zeros((layers, sources, experts), dtype=np.int64)
+    current = np.zeros((layers, experts), dtype=np.int64)
+    for index, records in enumerate(steps):
+        for layer, source, ids in records:
+            rec.record(layer, torch.tensor(ids, dtype=torch.int64), source=source)
+            valid = [i for i in ids if i >= 0]
+            current[layer] += np.bincount(valid, minlength=experts).astype(np.int64)
+            traffic[layer, source] += np.bincount(valid, minlength=experts).astype(np.int64)
+        if index < len(steps) - 1 or close_last:
+            rec.step()
+            closed.append(current.copy())
+            current[:] = 0
+    kept = np.array(closed[-window:], dtype=np.int64).reshape(-1, layers, experts)
+    assert rec.steps == len(closed)
+    np.testing.assert_array_equal(rec.window().numpy(), kept)
+    np.testing.assert_array_equal(rec.loads().numpy(), kept.sum(0))
+    np.testing.assert_array_equal(rec.current().numpy(), current)
+    total = sum(closed, current.copy())
+    np.testing.assert_array_equal(rec.totals().numpy(), total)
+    np.testing.assert_array_equal(rec.traffic().numpy(), traffic)
 
 
 def test_counts_grow_past_the_window_size():
@@ -104,6 +146,20 @@ def test_deferred_path_skips_bad_ids_and_reports_them_on_read():
     rec.record(0, torch.tensor([[0, 7]]))
     with pytest.raises(InputError, match="1 recorded expert ids were outside"):
         rec.loads()
+
+
+def test_record_and_step_never_read_device_data():
+    # Meta tensors have no data: any host sync (.item(), bool(), .tolist()) raises on them,
+    # so record() and step() running here is the accelerator path's no-sync guarantee.
+    rec = Recorder(2, 8, device="meta", num_sources=2)
+    ids = torch.empty(5, 2, dtype=torch.int64, device="meta")
+    for _ in range(3):
+        rec.record(0, ids)
+        rec.record(1, ids.to(torch.int32), source=1)
+        rec.step()
+    assert rec.steps == 3 and rec._deferred
+    with pytest.raises(RuntimeError, match="meta"):
+        rec.loads()  # readers do sync: they check the deferred invalid-id count
 
 
 def test_per_source_traffic():

@@ -158,6 +158,38 @@ def test_usage_errors():
         assert "Traceback" not in result.stderr
 
 
+def test_session_attaches_each_model_once_and_names_their_files(tmp_path):
+    """The child side in-process: the global pre-hook attaches to each model tree's root on
+    its first forward, a second model gets its own file, and write() is atomic per model."""
+    import torch
+
+    from plumb.capture.launcher import Session
+    from plumb.capture.tiny_models import tiny_model
+
+    session = Session(Settings(tmp_path / "s.npz", 0.0, 4, tmp_path / "e.jsonl"))
+    models = [tiny_model("mixtral"), tiny_model("olmoe"), torch.nn.Linear(2, 2)]
+    probe = torch.nn.modules.module.register_module_forward_pre_hook(session.on_forward)
+    try:
+        with torch.no_grad():
+            for _ in range(2):
+                for model in models[:2]:
+                    model(torch.zeros(1, 3, dtype=torch.int64))
+            models[2](torch.zeros(1, 2))
+        session.write()
+    finally:
+        probe.remove()
+        for _, handle in session.models:
+            handle.detach()
+    assert [name for name, _ in session.models] == ["MixtralForCausalLM", "OlmoeForCausalLM"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "e.jsonl", "e.model1.jsonl", "s.model1.npz", "s.npz"]
+    for path, experts, top_k in ((tmp_path / "s.npz", 8, 2), (tmp_path / "s.model1.npz", 16, 4)):
+        stats = load_plumb_npz(path)
+        # Two forwards of 3 tokens each, every layer: the root stepped once per forward.
+        assert stats.window.shape == (2, 3, experts)
+        assert stats.window.sum(-1).tolist() == [[3 * top_k] * 3] * 2
+
+
 def test_settings_and_environment(tmp_path):
     assert [parse_interval(t) for t in ("2s", "500ms", "1.5m", "1h", "3", "0")] == \
         [2.0, 0.5, 90.0, 3600.0, 3.0, 0.0]

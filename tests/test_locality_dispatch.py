@@ -146,11 +146,11 @@ def test_traffic_shapes_and_errors():
     topo, phy2log, loads, traffic = _example()
     with pytest.raises(InputError, match="dispatch must be one of"):
         traffic_metrics(phy2log, loads, topo, traffic, "random")
-    with pytest.raises(InputError, match="not a multiple of the topology's G = 3"):
+    with pytest.raises(InputError, match="must be divisible by G = 3 ranks"):
         traffic_metrics(phy2log, loads, 3)
-    with pytest.raises(InputError, match="does not hold every expert"):
+    with pytest.raises(InputError, match="holds no replica of expert 2"):
         traffic_metrics(np.array([[0, 0, 1, 1]]), loads, topo)
     with pytest.raises(InputError, match=r"expert ids in \[0, 3\)"):
         traffic_metrics(np.array([[0, 1, 2, 3]]), loads, topo)
-    with pytest.raises(InputError, match=r"loads must be \[L, E\] with L = 1"):
+    with pytest.raises(InputError, match=r"loads must be \[L, E\] \(or \[T, L, E\]\) with L = 1"):
         traffic_metrics(phy2log, np.ones((2, 3)), topo)

@@ -9,6 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import plumb
 from plumb.errors import InputError, PlumbError
@@ -43,6 +46,22 @@ def test_pack_array_picks_the_smallest_exact_dtype(values, code):
     assert packed["dtype"] == code
     assert packed["shape"] == list(values.shape)
     np.testing.assert_array_equal(unpack_array(packed), values)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(st.one_of(
+    hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+               elements=st.integers(-3, 2**33)),
+    hnp.arrays(st.sampled_from([np.int32, np.uint16, np.uint8]),
+               hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)),
+    hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+               elements=st.floats(-1e6, 1e12, allow_nan=False))))
+def test_pack_array_round_trips_exactly(values):
+    packed = pack_array(values)
+    json.dumps(packed)  # the page embeds it as JSON
+    unpacked = unpack_array(packed)
+    assert unpacked.shape == values.shape
+    np.testing.assert_array_equal(unpacked, values)
 
 
 def test_pack_array_rejects_non_numeric():

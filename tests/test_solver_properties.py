@@ -52,15 +52,17 @@ def check_invariants(p: plumb.Placement, loads: np.ndarray) -> None:
         counts = np.bincount(p.phy2log[layer], minlength=num_experts)
         assert np.array_equal(counts, p.logcnt[layer])
         per_rank = p.phy2log[layer].reshape(num_ranks, slots)
-        # Stacking is forced only when the ranks available to an expert (all of them, or its
-        # node's under the hierarchical policy) have more slots than there are experts.
+        # Two replicas of an expert share a rank only when forced (the ranks available to
+        # it have more slots than there are experts) or to lower the layer's maximum
+        # (test_stacks_two_pieces_...); equal loads never need it.
         usable = num_ranks
         if p.metrics.layer_hierarchy is not None and \
                 p.metrics.layer_hierarchy[layer] == "hierarchical":
             usable = num_ranks // p.topo.num_nodes
-        if num_experts * usable >= num_slots:
+        if num_experts * usable >= num_slots and np.ptp(loads[layer]) == 0 \
+                and p.policy == "plumb":
             for row in per_rank:
-                assert np.unique(row).size == slots, "two replicas of one expert on a rank"
+                assert np.unique(row).size == slots, "needless stacking"
         for e in range(num_experts):
             where = p.log2phy[layer, e]
             held = where[where >= 0]
@@ -148,9 +150,43 @@ def test_forced_stacking_when_ranks_have_more_slots_than_experts():
     assert p.logcnt.tolist() == [[3, 3]] or p.logcnt[0, 0] > p.logcnt[0, 1]
 
 
+def test_stacks_two_pieces_of_a_hot_expert_when_that_beats_any_unstacked_packing():
+    # Expert 0 gets the spare slot (5 + 5): unstacked, a rank holds 5 + 9 = 14 at best;
+    # stacked, the ranks carry 5 + 5 and 9 + 1 (DeepSeek's packing too).
+    p = plumb.solve([10.0, 9.0, 1.0], 2, num_redundant=1)
+    check_invariants(p, np.array([[10.0, 9.0, 1.0]]))
+    assert p.metrics.max_load.tolist() == [10.0]
+    assert sorted(p.phy2log[0].reshape(2, 2).tolist()) == [[0, 0], [1, 2]]
+
+
 def test_replica_caps():
     loads = np.array([[100.0, 1, 1, 1, 1, 1, 1, 1]])
     p = plumb.solve(loads, 4, num_redundant=8, max_replicas_per_expert=2)
     assert p.logcnt.max() <= 2
     p = plumb.solve(loads, 4, num_redundant=8)
     assert p.logcnt[0, 0] == 4  # default cap G: the hot expert gets one replica per rank
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.integers(2, 5), st.integers(0, 2**32 - 1))
+def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots, seed):
+    # After the single-swap search is stuck, two-for-two exchanges only lower the busiest rank.
+    from plumb.solver.refine import refine_pairs, refine_swaps
+
+    rng = np.random.default_rng(seed)
+    slot_e = rng.permutation(num_ranks * slots).reshape(num_ranks, slots)
+    slot_w = np.round(rng.lognormal(0.0, 1.0, slot_e.shape), 2)
+    items = sorted(zip(slot_e.ravel().tolist(), slot_w.ravel().tolist()))
+    load = slot_w.sum(axis=1)
+    speed = np.ones(num_ranks)
+    has = np.zeros((num_ranks, slot_e.size), dtype=np.int64)
+    for r in range(num_ranks):
+        has[r, slot_e[r]] = 1
+    refine_swaps(slot_e, slot_w, load, speed, has, True, 1000)
+    stuck = load.max()
+    refine_pairs(slot_e, slot_w, load, speed, has, True, 4, 1000)
+    assert load.max() <= stuck
+    assert sorted(zip(slot_e.ravel().tolist(), slot_w.ravel().tolist())) == items
+    np.testing.assert_allclose(load, slot_w.sum(axis=1))
+    assert (has.sum(axis=0) == 1).all() and has.max() == 1
+    assert all((has[r, slot_e[r]] == 1).all() for r in range(num_ranks))

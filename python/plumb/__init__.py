@@ -7,19 +7,31 @@ placement (``evaluate``). torch is optional: everything but the torch ops works 
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
+import types
+from importlib import import_module
 
 from .errors import PlumbError
 from .histogram import expert_histogram
 from .solver import Placement, evaluate, solve
 from .topology import Topology
-from .rearrange import plan_rearrangement
-from .report import report
 
-try:
-    __version__ = version("plumb")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# Imported on first use, to keep ``import plumb; plumb.solve(...)`` quick: name -> module.
+_LAZY_EXPORTS = {"plan_rearrangement": ".rearrange", "report": ".report",
+                 "backtest": ".robust.backtest", "recommend": ".robust.gate",
+                 "read_stats": ".io", "read_placement": ".io", "write_placement": ".io"}
+
+
+class _PlumbModule(types.ModuleType):
+    """Keeps ``plumb.report`` the function when the submodule ``plumb.report`` is imported
+    first (the import system then sets the package attribute to the submodule)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "report" and isinstance(value, types.ModuleType):
+            value = value.report
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PlumbModule
 
 # Register torch.ops.plumb.* eagerly only when the caller already uses torch, so that a
 # numpy-only user never pays for importing it.
@@ -30,13 +42,31 @@ if sys.modules.get("torch") is not None:
 _CAPTURE_EXPORTS = ("Recorder", "attach", "profile")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plumb")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str):
     if name in _CAPTURE_EXPORTS:
         from . import capture
 
         return getattr(capture, name)
-    raise AttributeError(f"module 'plumb' has no attribute {name!r}")
+    if name in _LAZY_EXPORTS:
+        value = getattr(import_module(_LAZY_EXPORTS[name], __name__), name)
+    elif name == "__version__":
+        value = _version()
+    else:
+        raise AttributeError(f"module 'plumb' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
-__all__ = ["Placement", "PlumbError", "Topology", "evaluate", "expert_histogram",
-           "plan_rearrangement", "report", "solve", "__version__", *_CAPTURE_EXPORTS]
+__all__ = ["Placement", "PlumbError", "Topology", "backtest", "evaluate", "expert_histogram",
+           "plan_rearrangement", "read_placement", "read_stats", "recommend", "report",
+           "solve", "write_placement", "__version__",
+           *_CAPTURE_EXPORTS]

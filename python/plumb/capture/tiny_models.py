@@ -16,7 +16,7 @@ __all__ = ["FAMILIES", "tiny_config", "tiny_model"]
 # family -> (config class, family-specific fields); E and k are chosen so that grouped routing
 # (DeepSeek-V3) and dense layers between MoE layers (Qwen2-MoE, DeepSeek-V3) are exercised.
 FAMILIES: Dict[str, tuple] = {
-    "olmoe": ("OlmoeConfig", dict(num_experts=16, num_experts_per_tok=4)),
+    "olmoe": ("OlmoeConfig", dict(num_experts=16, num_experts_per_tok=4, eos_token_id=None)),
     "mixtral": ("MixtralConfig", dict(num_local_experts=8, num_experts_per_tok=2)),
     "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=16, num_experts_per_tok=4,
                                          moe_intermediate_size=16,
@@ -52,6 +52,12 @@ def tiny_config(family: str, *, num_layers: int = 3, hidden_size: int = 32,
         kwargs["layer_types"] = ["sliding_attention", "full_attention"] * (num_layers // 2) + \
             ["sliding_attention"] * (num_layers % 2)
     kwargs.update(overrides)
+    if family == "gpt_oss" and "rope_parameters" not in overrides:
+        # GPT-OSS's YaRN scaling must agree with the short context, or transformers warns.
+        kwargs["rope_parameters"] = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                     "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                                     "original_max_position_embeddings":
+                                         max(1, kwargs["max_position_embeddings"] // 32)}
     return getattr(transformers, config_name)(**kwargs)
 
 

@@ -9,17 +9,15 @@ recorder's logical counts exactly.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import PathLike, atomic_write
+from ..io.atomic import PathLike
+from ..io.vllm import write_vllm_stats
 
 __all__ = ["stats_writer", "physical_loads"]
-
-RECORD_VERSION = 1
 
 
 def _check_phy2log(phy2log: Any, num_layers: int, num_experts: int) -> np.ndarray:
@@ -84,16 +82,6 @@ def stats_writer(path: PathLike, recorder: Any, *, model: str = "", num_ranks: i
     else:
         table = _check_phy2log(phy2log, num_layers, num_experts)
     loads = physical_loads(window, table)
-    p2l_map = table.tolist()
-    meta = {"record_type": "eplb_load_meta", "version": RECORD_VERSION, "model": str(model),
-            "num_ranks": num_ranks, "num_groups": num_groups, "num_nodes": num_nodes,
-            "num_layers": num_layers, "num_redundant_experts": table.shape[1] - num_experts}
     first_step = recorder.steps - num_steps + 1
-    with atomic_write(path, "w") as handle:
-        handle.write(json.dumps(meta) + "\n")
-        for index in range(num_steps):
-            record = {"record_type": "eplb_load_stats", "version": RECORD_VERSION,
-                      "step": first_step + index, "expert_load": loads[index].tolist(),
-                      "p2l_map": p2l_map}
-            handle.write(json.dumps(record) + "\n")
-    return num_steps
+    return write_vllm_stats(path, loads, table, first_step, model=model, num_ranks=num_ranks,
+                            num_groups=num_groups, num_nodes=num_nodes)

@@ -11,7 +11,7 @@ from ..errors import PlumbError
 
 # Each name is a module plumb.cli.<name> with register(subparsers) that sets a ``func``
 # default returning the exit code.
-_SUBCOMMANDS = ("bench", "report", "run")
+_SUBCOMMANDS = ("bench", "report", "run", "solve", "inspect", "recommend")
 
 EXIT_OK = 0
 EXIT_USAGE = 2

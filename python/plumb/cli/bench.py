@@ -6,7 +6,8 @@ import argparse
 import importlib
 
 # plumb.bench.<name> modules expose add_arguments(parser) and run(args) -> int.
-_BENCHMARKS = ("histogram", "solve", "rearrange", "capture")
+_BENCHMARKS = ("histogram", "solve", "rearrange", "capture", "topology", "robust",
+               "moves")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,6 +4,7 @@ Keys (all optional but at least one of ``loads`` / ``window``):
     ``window``   int64 or float64 [T, L, E], per-step expert counts, oldest step first.
     ``loads``    int64 or float64 [L, E], aggregated counts (written when no window is kept).
     ``traffic``  [L, G, E] or [T, L, G, E], counts sent by each source rank to each expert.
+    ``placement`` int64 [L, P], the phy2log the counts were recorded under (the current one).
     ``meta``     0-d unicode array holding a JSON object: ``{"format": "plumb", "version": 1,
                  ...free-form fields such as model, num_ranks, steps...}``.
 """
@@ -18,9 +19,11 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import PathLike, atomic_write
+from .checks import count_array, expert_table
 
 FORMAT_NAME = "plumb"
 FORMAT_VERSION = 1
+PLACEMENT_FORMAT_NAME = "plumb-placement"
 
 
 @dataclass
@@ -31,6 +34,7 @@ class PlumbStats:
     loads: Optional[np.ndarray] = None
     traffic: Optional[np.ndarray] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    placement: Optional[np.ndarray] = None
 
     def aggregated_loads(self) -> np.ndarray:
         """[L, E] loads: ``loads`` if present, else the window summed over steps."""
@@ -42,16 +46,7 @@ class PlumbStats:
 
 
 def _check_counts(name: str, array: np.ndarray, ndim: int, path: PathLike) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim != ndim:
-        raise InputError(f"{path}: field {name!r} must have {ndim} dims, got shape {list(array.shape)}")
-    if array.dtype.kind not in "iuf":
-        raise InputError(f"{path}: field {name!r} must be numeric, got dtype {array.dtype}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise InputError(f"{path}: field {name!r} holds NaN or inf")
-    if np.any(array < 0):
-        raise InputError(f"{path}: field {name!r} holds negative counts")
-    return array
+    return count_array(array, str(path), name, ndim)
 
 
 def save_plumb_npz(path: PathLike, stats: PlumbStats) -> None:
@@ -68,6 +63,8 @@ def save_plumb_npz(path: PathLike, stats: PlumbStats) -> None:
         if traffic.ndim not in (3, 4):
             raise InputError(f"{path}: traffic must be [L, G, E] or [T, L, G, E], got {list(traffic.shape)}")
         arrays["traffic"] = _check_counts("traffic", traffic, traffic.ndim, path)
+    if stats.placement is not None:
+        arrays["placement"] = expert_table(stats.placement, str(path), "placement")
     meta = {**stats.meta, "format": FORMAT_NAME, "version": FORMAT_VERSION}
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     with atomic_write(path, "wb") as handle:
@@ -101,7 +98,33 @@ def load_plumb_npz(path: PathLike) -> PlumbStats:
                 raise InputError(f"{path}: field 'traffic' must be [L, G, E] or [T, L, G, E], "
                                  f"got shape {list(traffic.shape)}")
             traffic = _check_counts("traffic", traffic, traffic.ndim, path)
+        placement = (expert_table(archive["placement"], str(path), "placement")
+                     if "placement" in keys else None)
     if window is not None and loads is not None and window.shape[1:] != loads.shape:
         raise InputError(f"{path}: 'window' {list(window.shape)} and 'loads' {list(loads.shape)} "
                          "disagree on [L, E]")
-    return PlumbStats(window=window, loads=loads, traffic=traffic, meta=meta)
+    return PlumbStats(window=window, loads=loads, traffic=traffic, meta=meta, placement=placement)
+
+
+def save_placement_npz(path: PathLike, phy2log: np.ndarray, meta: Optional[Dict[str, Any]] = None
+                       ) -> None:
+    """Atomically write a placement: ``phy2log`` int64 [L, P] and a ``meta`` JSON object
+    (``{"format": "plumb-placement", "version": 1, ...}``)."""
+    table = expert_table(phy2log, str(path), "phy2log")
+    header = {**(meta or {}), "format": PLACEMENT_FORMAT_NAME, "version": FORMAT_VERSION}
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, phy2log=table, meta=np.array(json.dumps(header, sort_keys=True)))
+
+
+def load_placement_npz(path: PathLike) -> np.ndarray:
+    """phy2log int64 [L, P] of a plumb .npz: a placement file, or a stats file's
+    ``placement`` (the one its counts were recorded under)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable .npz archive ({err})") from None
+    with archive:
+        for key in ("phy2log", "placement"):
+            if key in archive.files:
+                return expert_table(archive[key], str(path), key)
+    raise InputError(f"{path}: missing field 'phy2log' (a plumb placement) or 'placement'")

@@ -14,7 +14,9 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.validate import as_loads, as_phy2log, to_numpy
 from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
+from .equivalence import placement_invariant
 from .traffic import NEAREST, as_traffic, dispatch_code, source_traffic
 
 
@@ -147,51 +149,23 @@ def _routing_table_model(phy2log, slots, num_experts, cost, table):
 
 
 def check_phy2log(phy2log: Any, num_experts: int, topo: Topology) -> np.ndarray:
-    """phy2log as int64 [L, P] with P a multiple of G and every expert of [0, E) present."""
-    if hasattr(phy2log, "detach"):
-        phy2log = phy2log.detach().cpu().numpy()
-    arr = np.asarray(phy2log)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.dtype.kind not in "iu":
-        raise InputError(f"phy2log must be an int array [L, P], got shape {list(arr.shape)} "
-                         f"dtype {arr.dtype}")
-    num_slots = arr.shape[1]
-    if num_slots % topo.num_ranks:
-        raise InputError(f"phy2log has P = {num_slots} slots, not a multiple of the "
-                         f"topology's G = {topo.num_ranks} ranks")
-    if arr.size and (arr.min() < 0 or arr.max() >= num_experts):
-        raise InputError(f"phy2log entries must be expert ids in [0, {num_experts})")
-    for layer in range(arr.shape[0]):
-        if np.unique(arr[layer]).size != num_experts:
-            raise InputError(f"phy2log layer {layer} does not hold every expert of [0, {num_experts})")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _as_weights(loads: Any, num_layers: int) -> np.ndarray:
-    if hasattr(loads, "detach"):
-        loads = loads.detach().cpu().numpy()
-    arr = np.asarray(loads, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[0] != num_layers:
-        raise InputError(f"loads must be [L, E] with L = {num_layers} (aggregate a [T, L, E] "
-                         f"window first), got {list(np.shape(loads))}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise InputError("loads must hold finite values >= 0")
-    return np.ascontiguousarray(arr)
+    """phy2log ([L, P] or [P]) as int64 [L, P] with P a multiple of G and every expert of
+    [0, E) present (``plumb.solver.validate.as_phy2log`` with L taken from the array)."""
+    arr = to_numpy(phy2log, "phy2log")
+    num_layers = arr.shape[0] if arr.ndim == 2 else 1
+    return as_phy2log(arr, "phy2log", num_layers, num_experts, topo.num_ranks)
 
 
 def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch: str):
     """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], share, code, S)."""
     code = dispatch_code(dispatch)
     topo = as_topology(topo)
-    if hasattr(loads, "detach"):
-        loads = loads.detach().cpu().numpy()
-    num_experts = np.shape(loads)[-1]
-    placement = check_phy2log(phy2log, num_experts, topo)
-    weights = _as_weights(loads, placement.shape[0])
-    counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, num_experts)
+    weights, _ = as_loads(loads)
+    placement = check_phy2log(phy2log, weights.shape[1], topo)
+    if weights.shape[0] != placement.shape[0]:
+        raise InputError(f"loads must be [L, E] (or [T, L, E]) with L = {placement.shape[0]} "
+                         f"layers of phy2log, got {list(np.shape(loads))}")
+    counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, weights.shape[1])
     tokens, share = source_traffic(counts, weights, topo.num_ranks)
     return placement, weights, topo, tokens, share, code, placement.shape[1] // topo.num_ranks
 
@@ -227,6 +201,10 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
 
     Returns a dict:
         dispatch: the model used.
+        sources: "per-source" (``traffic`` given) or "uniform" (each rank sends loads / G).
+        placement_invariant: True when no placement can change the traffic numbers (uniform
+            sources, even dispatch or one replica per expert, every rank's column of the cost
+            matrix alike, as on any level-cost topology): the locality pass has nothing to gain.
         traffic: float, total cost (sum of tokens x link cost, in topology cost units).
         traffic_per_layer: float64 [L].
         cross_node_fraction / cross_numa_fraction: float, share of routed tokens served on
@@ -253,6 +231,9 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
         _routing_table_model(placement, slots, weights.shape[1], topo.link_cost, table)
     return {
         "dispatch": dispatch,
+        "sources": "uniform" if traffic is None else "per-source",
+        "placement_invariant": placement_invariant(topo, traffic, dispatch,
+                                                   placement.shape[1] == weights.shape[1]),
         "traffic": float(cost.sum()),
         "traffic_per_layer": cost,
         "cross_node_fraction": float(level_tokens[:, CROSS_NODE].sum() / grand),

@@ -6,8 +6,9 @@ replicas):
 
 1. re-packing (plumb.locality.repack): the same replicas packed again nodes first (NUMA
    domains first on a single node), each replica pinned towards the node whose sources send
-   it the most. Taken only if every rank stays within the cap and traffic drops. This is what
-   moves expert groups across nodes when the balanced solution is tight.
+   it the most. Pinning levels (``PIN_FILLS``) are tried from the most pinned down; the
+   first packing whose every rank stays within the cap and whose traffic drops is taken. This
+   is what moves expert groups across nodes when the balanced solution is tight.
 2. swap search: swaps of two slots' experts between ranks (slots per rank and replica counts
    stay fixed, so the placement invariants hold by construction). ``move[p, g]`` is the exact
    change of the layer's traffic cost if the replica in slot p alone moved to rank g; traffic
@@ -35,24 +36,32 @@ from numba import njit
 from ..errors import InputError
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists
-from .repack import node_preferences, repack_layer
-from .traffic import NEAREST
+from .repack import PIN_FILLS, node_preferences, repack_layer
+from .traffic import NEAREST, as_load_slack
 
 # Gains below this fraction of the layer's traffic cost are treated as ties (float noise).
-_REL_EPS = 1e-12
+_REL_EPS = 1e-4
 
 
 @njit(cache=True, nogil=True)
-def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ranks, rep_load,
-                  no_levels):
+def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost, nearest,
+                  ranks, rep_load, no_levels):
     """Routes expert e as placed now; rep_load[:c] gets each replica's load; returns its cost.
 
     tok, shr: float64 [E, G] tokens and source shares (expert-major for contiguous rows);
-    ranks: int64 scratch; no_levels: float64 [0] (tokens per level are not tracked here).
+    token_cost: float64 [E, G], tok @ cost; ranks: int64 scratch; no_levels: float64 [0]
+    (tokens per level are not tracked here).
     """
     c = cnt[e]
     for i in range(c):
         ranks[i] = rep[e, i] // slots
+    if not nearest:
+        # Even dispatch: each replica serves 1/c of every source, O(c) from token_cost.
+        total = 0.0
+        for i in range(c):
+            rep_load[i] = weights[e] / c
+            total += token_cost[e, ranks[i]]
+        return total / c
     return expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, nearest, rep_load,
                           no_levels)
 
@@ -68,13 +77,20 @@ def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, n
     """
     num_ranks = cost.shape[0]
     c = cnt[e]
-    if not nearest:
-        # Even dispatch: a replica carries 1/c of every source's tokens wherever it sits.
+    if not nearest or c == 1:
+        # Even dispatch: a replica carries 1/c of every source's tokens wherever it sits; so
+        # does a lone replica under nearest dispatch (O(G) instead of re-routing per rank).
         for i in range(c):
             p = rep[e, i]
             here = token_cost[e, p // slots]
             for g in range(num_ranks):
                 move[p, g] = (token_cost[e, g] - here) / c
+        if nearest:
+            ranks[0] = rep[e, 0] // slots
+            expert_routing(ranks, 1, weights[e], tok[e], shr[e], cost, level, True, rep_load,
+                           no_levels)
+            # The same sum wherever the replica sits: bit-identical to its current load.
+            shift[rep[e, 0], :, 0] = rep_load[0]
         return
     for i in range(c):
         ranks[i] = rep[e, i] // slots
@@ -93,8 +109,9 @@ def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, n
 
 
 @njit(cache=True, nogil=True)
-def _layer_state(slot_e, slots, weights, tok, shr, cost, level, nearest, load):
-    """Exact rank loads (into ``load`` [G]) and traffic cost of one layer's placement."""
+def _layer_state(slot_e, slots, weights, tok, shr, cost, level, token_cost, nearest, load):
+    """Rank loads (into ``load`` [G]) and traffic cost of one layer's placement; token_cost
+    is float64 [E, G] (tok @ cost)."""
     rep, cnt = replica_lists(slot_e, weights.shape[0])
     ranks = np.empty(rep.shape[1], dtype=np.int64)
     rep_load = np.empty(rep.shape[1], dtype=np.float64)
@@ -102,11 +119,31 @@ def _layer_state(slot_e, slots, weights, tok, shr, cost, level, nearest, load):
     load[:] = 0.0
     total = 0.0
     for e in range(weights.shape[0]):
-        total += _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ranks,
-                               rep_load, no_levels)
+        total += _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost,
+                               nearest, ranks, rep_load, no_levels)
         for i in range(cnt[e]):
             load[ranks[i]] += rep_load[i]
     return total
+
+
+@njit(cache=True, nogil=True)
+def _rank_min_moves(move, r, slots, out):
+    """out[r, g] = min over rank r's slots q of move[q, g]: the most a swap of some replica
+    on rank r towards rank g can gain, used to skip whole ranks in the swap search."""
+    for g in range(move.shape[1]):
+        best = move[r * slots, g]
+        for q in range(r * slots + 1, (r + 1) * slots):
+            best = min(best, move[q, g])
+        out[r, g] = best
+
+
+@njit(cache=True, nogil=True)
+def _sort_rank(r, slots, slot_load, order, by_load):
+    """order[r] (int64 [S]): rank r's slots by ascending load (stable); by_load[r]: their loads."""
+    idx = np.argsort(slot_load[r * slots:(r + 1) * slots], kind="mergesort")
+    for j in range(slots):
+        order[r, j] = r * slots + idx[j]
+        by_load[r, j] = slot_load[r * slots + idx[j]]
 
 
 @njit(cache=True, nogil=True)
@@ -138,8 +175,8 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
         has[p // slots, slot_e[p]] += 1
     load = np.zeros(num_ranks, dtype=np.float64)
     for e in range(num_experts):
-        ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest,
-                                 ranks, rep_load, no_levels)
+        ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost,
+                                 nearest, ranks, rep_load, no_levels)
         for i in range(cnt[e]):
             slot_load[rep[e, i]] = rep_load[i]
             load[rep[e, i] // slots] += rep_load[i]
@@ -149,9 +186,21 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
         _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ecost[e],
                       token_cost, move, shift, ranks, rep_load, no_levels)
     eps = _REL_EPS * (ecost.sum() + 1.0)
+    min_move = np.empty((num_ranks, num_ranks), dtype=np.float64)
+    for r in range(num_ranks):
+        _rank_min_moves(move, r, slots, min_move)
+    # Even dispatch: each rank's slots by load, so that the search visits only the replicas
+    # whose load keeps both ranks within their limits (a narrow window at zero slack).
+    order = np.empty((num_ranks, slots), dtype=np.int64)
+    by_load = np.empty((num_ranks, slots), dtype=np.float64)
+    if not nearest:
+        for r in range(num_ranks):
+            _sort_rank(r, slots, slot_load, order, by_load)
     # Scratch for the exact load check under nearest dispatch.
     delta = np.zeros(num_ranks, dtype=np.float64)
     touched = np.empty(4 * max_c, dtype=np.int64)
+    bound = np.empty(num_ranks, dtype=np.float64)
+    open_ranks = np.empty(num_ranks, dtype=np.int64)
     swaps = 0
     for _ in range(max_sweeps):
         improved = 0
@@ -160,17 +209,46 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
             g1 = p // slots
             best_gain = eps
             best_q = -1
+            # Target ranks best bound first: once a feasible swap gains more than the
+            # remaining ranks' bounds, none of them can win and the search stops.
+            n_open = 0
             for g2 in range(num_ranks):
                 if g2 == g1 or move[p, g2] >= 0.0 or has[g2, e1] > 0:
                     continue
                 if keep_node and node_of_rank[g2] != node_of_rank[g1]:
                     continue
-                for q in range(g2 * slots, (g2 + 1) * slots):
+                bound[n_open] = -(move[p, g2] + min_move[g2, g1])
+                if bound[n_open] <= best_gain:
+                    continue
+                open_ranks[n_open] = g2
+                n_open += 1
+            visit = np.argsort(-bound[:n_open], kind="mergesort")
+            for k_open in range(n_open):
+                # Ties at the bound may still win on the lowest-slot rule: stop only below it.
+                if bound[visit[k_open]] < best_gain:
+                    break
+                g2 = open_ranks[visit[k_open]]
+                start = 0
+                high = np.inf
+                if not nearest:
+                    # A superset of the loads that fit: the exact check below decides.
+                    tol = 1e-9 * (load[g1] + load[g2] + slot_load[p])
+                    low = slot_load[p] - max(0.0, limit[g2] - load[g2]) - tol
+                    high = slot_load[p] + max(0.0, limit[g1] - load[g1]) + tol
+                    start = np.searchsorted(by_load[g2], low)
+                for j in range(start, slots):
+                    if nearest:
+                        q = g2 * slots + j
+                    elif by_load[g2, j] > high:
+                        break
+                    else:
+                        q = order[g2, j]
                     e2 = slot_e[q]
                     if e2 == e1 or has[g1, e2] > 0:
                         continue
                     gain = -(move[p, g2] + move[q, g1])
-                    if gain <= best_gain:
+                    # Equal gains go to the lowest slot, whatever order the slots come in.
+                    if gain < best_gain or (gain == best_gain and (best_q < 0 or q > best_q)):
                         continue
                     if not nearest:
                         new1 = load[g1] - slot_load[p] + slot_load[q]
@@ -229,12 +307,20 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
                 for i in range(cnt[e]):
                     load[rep[e, i] // slots] -= slot_load[rep[e, i]]
                 ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level,
-                                         nearest, ranks, rep_load, no_levels)
+                                         token_cost, nearest, ranks, rep_load, no_levels)
                 for i in range(cnt[e]):
                     slot_load[rep[e, i]] = rep_load[i]
                     load[rep[e, i] // slots] += rep_load[i]
                 _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest,
                               ecost[e], token_cost, move, shift, ranks, rep_load, no_levels)
+            # Moves changed on the ranks of e1's and e2's replicas (p and q among them).
+            for e in (e1, e2):
+                for i in range(cnt[e]):
+                    _rank_min_moves(move, rep[e, i] // slots, slots, min_move)
+            if not nearest:
+                # Under even dispatch only slots p and q changed load.
+                _sort_rank(g1, slots, slot_load, order, by_load)
+                _sort_rank(g2, slots, slot_load, order, by_load)
             swaps += 1
             improved += 1
         if improved == 0:
@@ -277,7 +363,8 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
         w = weights[layer]
         tok = np.ascontiguousarray(tokens[layer].T)
         shr = np.ascontiguousarray(share[layer].T)
-        before = _layer_state(row, slots, w, tok, shr, cost, level, nearest, load)
+        before = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer], nearest,
+                              load)
         top = 0.0
         for g in range(num_ranks):
             top = max(top, load[g] / speed[g])
@@ -294,17 +381,22 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                     item_w[k] = w[e] / cnt[e]
                     k += 1
             pref = node_preferences(token_cost[layer], group_ranks)
-            # Distinct ranks for every replica are possible iff no expert has more than G.
-            repack_layer(row, slots, item_w, cnt, pref, speed, group_ranks, nearest,
-                         cnt.max() <= num_ranks, candidate)
-            value = _layer_state(candidate, slots, w, tok, shr, cost, level, nearest, load)
-            fits = _stacked(candidate, slots) <= _stacked(row, slots)
-            for g in range(num_ranks):
-                fits = fits and load[g] <= limit[g]
-            if fits and value < after:
-                row[:] = candidate
-                after = value
-                stats[layer, 3] = 1.0
+            stacked = _stacked(row, slots)
+            # The most pinning whose packing fits the cap: tight layers need more free replicas.
+            for pin_fill in PIN_FILLS:
+                # Distinct ranks for every replica are possible iff no expert has more than G.
+                repack_layer(row, slots, item_w, cnt, pref, speed, group_ranks, nearest,
+                             cnt.max() <= num_ranks, pin_fill, candidate)
+                value = _layer_state(candidate, slots, w, tok, shr, cost, level,
+                                     token_cost[layer], nearest, load)
+                fits = _stacked(candidate, slots) <= stacked
+                for g in range(num_ranks):
+                    fits = fits and load[g] <= limit[g]
+                if fits and value < after:
+                    row[:] = candidate
+                    after = value
+                    stats[layer, 3] = 1.0
+                    break
         swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, token_cost[layer],
                                   node_of_rank, nearest, keep_node[layer], limit, max_sweeps)
         for r in range(num_ranks):
@@ -350,12 +442,7 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
     """
     placement, weights, topo, tokens, share, code, slots = prepare(phy2log, loads, topo,
                                                                    traffic, dispatch)
-    try:
-        slack = float(load_slack)
-    except (TypeError, ValueError):
-        raise InputError(f"load_slack must be a number >= 0, got {load_slack!r}") from None
-    if not np.isfinite(slack) or slack < 0:
-        raise InputError(f"load_slack must be a finite number >= 0 (0.01 = 1%), got {load_slack!r}")
+    slack = as_load_slack(load_slack)
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
         raise InputError(f"max_sweeps must be an int >= 1, got {max_sweeps!r}")
     num_layers = placement.shape[0]

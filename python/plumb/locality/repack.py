@@ -8,7 +8,9 @@ the layer is packed again with the same replicas (same logcnt), nodes first:
    ranks). Replicas with the largest benefit (mean over nodes minus the
    best node) are pinned to their best node (under nearest dispatch, the replicas of one
    expert go to its best, second best, ... nodes) while the node's pinned load stays below
-   ``PIN_FILL`` of its capacity, so that free replicas remain to even out the loads;
+   ``pin_fill`` of its capacity, so that free replicas remain to even out the loads (the
+   caller tries the levels of ``PIN_FILLS``: more pinning cuts more traffic, less balances
+   tighter);
 2. the free replicas go heaviest first to the node with the lowest load / capacity that still
    has slots (node-level LPT);
 3. each node packs its replicas onto its ranks with the solver's LPT and swap search
@@ -26,8 +28,8 @@ from numba import njit
 from ..solver.pack import lpt_pack, repair_duplicates
 from ..solver.refine import refine_swaps
 
-# Pinned replicas may fill at most this share of a node's load capacity and of its slots.
-PIN_FILL = 0.9
+# Shares of a node's load capacity and slots that pinned replicas may fill, tried in order.
+PIN_FILLS = (0.97, 0.93, 0.9, 0.85, 0.75, 0.5)
 
 
 @njit(cache=True, nogil=True)
@@ -45,8 +47,10 @@ def node_preferences(token_cost, node_ranks):
 
 
 @njit(cache=True, nogil=True)
-def _assign_nodes(cnt, item_w, pref, node_cap, node_slots, gpn, nearest, item_node):
-    """Node of each replica (item k = k-th replica in expert order): pinned, then node LPT."""
+def _assign_nodes(cnt, item_e, item_w, pref, node_cap, node_slots, gpn, nearest, pin_fill,
+                  item_node):
+    """Node of each replica (item k = k-th replica in expert order, of expert item_e[k]):
+    pinned, then node LPT."""
     num_experts, nodes = pref.shape
     benefit = np.empty(num_experts, dtype=np.float64)
     for e in range(num_experts):
@@ -66,8 +70,8 @@ def _assign_nodes(cnt, item_w, pref, node_cap, node_slots, gpn, nearest, item_no
             # Even dispatch: every replica wants the best node; nearest: spread over the best.
             n = order[k % nodes] if nearest else order[0]
             w = item_w[first[e] + k]
-            if (node_load[n] + w <= PIN_FILL * node_cap[n]
-                    and node_fill[n] + 1 <= PIN_FILL * node_slots and copies[n, e] < gpn):
+            if (node_load[n] + w <= pin_fill * node_cap[n]
+                    and node_fill[n] + 1 <= pin_fill * node_slots and copies[n, e] < gpn):
                 item_node[first[e] + k] = n
                 node_load[n] += w
                 node_fill[n] += 1
@@ -75,9 +79,7 @@ def _assign_nodes(cnt, item_w, pref, node_cap, node_slots, gpn, nearest, item_no
     for i in np.argsort(-item_w, kind="mergesort"):
         if item_node[i] >= 0:
             continue
-        e = 0
-        while first[e] + cnt[e] <= i:
-            e += 1
+        e = item_e[i]
         best = -1
         for allow_copy in range(2):
             for n in range(nodes):
@@ -94,7 +96,8 @@ def _assign_nodes(cnt, item_w, pref, node_cap, node_slots, gpn, nearest, item_no
 
 
 @njit(cache=True, nogil=True)
-def repack_layer(slot_e, slots, item_w, cnt, pref, speed, node_ranks, nearest, forbid_dup, out):
+def repack_layer(slot_e, slots, item_w, cnt, pref, speed, node_ranks, nearest, forbid_dup,
+                 pin_fill, out):
     """Packs the replicas of ``slot_e`` (int64 [P]) again, nodes first; writes ``out`` [P].
 
     Args:
@@ -103,6 +106,7 @@ def repack_layer(slot_e, slots, item_w, cnt, pref, speed, node_ranks, nearest, f
         pref: float64 [E, nodes] (node_preferences).
         speed: float64 [G]; node_ranks: int64 [nodes, gpn].
         forbid_dup: whether two replicas of one expert may not share a rank.
+        pin_fill: share (0, 1] of each node's load capacity and slots pinned replicas may fill.
 
     Rank loads in ``out`` are balanced on ``item_w``; the caller checks them exactly.
     """
@@ -125,7 +129,8 @@ def repack_layer(slot_e, slots, item_w, cnt, pref, speed, node_ranks, nearest, f
     if total > 0.0:
         node_cap *= total / speed.sum()
     item_node = np.empty(num_items, dtype=np.int64)
-    _assign_nodes(cnt, item_w, pref, node_cap, gpn * slots, gpn, nearest, item_node)
+    _assign_nodes(cnt, item_e, item_w, pref, node_cap, gpn * slots, gpn, nearest, pin_fill,
+                  item_node)
     slot_e2 = np.empty((num_ranks, slots), dtype=np.int64)
     slot_w2 = np.empty((num_ranks, slots), dtype=np.float64)
     load = np.empty(num_ranks, dtype=np.float64)

@@ -20,6 +20,18 @@ def dispatch_code(dispatch: str) -> int:
     return DISPATCH_MODES.index(dispatch)
 
 
+def as_load_slack(load_slack: Any) -> float:
+    """``load_slack`` as a float >= 0: max rank load may grow to (1 + slack) x the balanced one."""
+    try:
+        slack = float(load_slack)
+    except (TypeError, ValueError):
+        raise InputError(f"load_slack must be a number >= 0, got {load_slack!r}") from None
+    if isinstance(load_slack, bool) or not np.isfinite(slack) or slack < 0:
+        raise InputError(f"load_slack must be a finite number >= 0 (0.01 = 1%), "
+                         f"got {load_slack!r}")
+    return slack
+
+
 def _as_float_array(value: Any, name: str) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor, possibly on a device
         value = value.detach().cpu().numpy()

@@ -32,7 +32,7 @@ def pack_array(array: np.ndarray) -> Dict[str, Any]:
     uint8/16/32 that holds them, anything else float64, so the page shows exact values while the
     61 x 256 x 64 case stays a few hundred kB.
     """
-    values = np.ascontiguousarray(array)
+    values = np.asarray(array)  # tobytes() below writes C order whatever the layout
     if values.dtype.kind not in "iuf":
         raise InputError(f"cannot pack dtype {values.dtype} for the report")
     code, dtype = "f8", np.dtype("<f8")

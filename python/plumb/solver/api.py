@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..locality import DISPATCH_MODES, as_load_slack, locality_pass
+from ..movement import MovementOptions, as_movement_options, movement_pass
+from ..robust.objective import as_objective, recency_weighted, robust_phy2log
 from ..topology import Topology, TopologyLike, as_topology
-from .metrics import as_previous, rank_loads_of, score, with_extras
+from .metrics import (as_previous, dispatched_rank_loads, score, solution_metrics,
+                      traffic_flows, with_extras)
 from .model import GLOBAL, HIERARCHICAL, solve_model
 from .placement import Placement, log2phy_of
 from .validate import (HIERARCHIES, POLICIES, as_caps, as_choice, as_int, as_loads,
@@ -23,7 +28,9 @@ class SolveContext:
     """What a post-pass may use: the validated inputs of one ``solve`` call.
 
     weights: float64 [L, E]; window: float64 [T, L, E] or None; previous: int64 [L, P'] or
-    None; traffic: float64 [L, G, E] or None.
+    None; traffic: float64 [L, G, E] or None. dispatch: "even" | "nearest"; load_slack:
+    float >= 0; keep_node: bool [L], layers solved hierarchically (replicas stay on their
+    node); policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
     """
 
     weights: np.ndarray
@@ -32,12 +39,20 @@ class SolveContext:
     num_groups: int
     previous: Optional[np.ndarray]
     traffic: Optional[np.ndarray]
+    dispatch: str = "even"
+    load_slack: float = 0.0
+    keep_node: Optional[np.ndarray] = None
+    policy: str = "plumb"
+    movement: Optional[MovementOptions] = None
 
 
 # Passes run in order on the balanced phy2log [L, P] and return a new one; the movement and
-# locality objectives (their issues) register here. Each must keep every layer's max rank load.
+# locality objectives (their issues) register here. Each must keep every layer's max rank load
+# (the locality pass: within the caller's load_slack, under the dispatch model). A pass after
+# the locality pass keeps its traffic by permuting ranks only within
+# plumb.locality.interchangeable_ranks classes.
 PostPass = Callable[[np.ndarray, SolveContext], np.ndarray]
-POST_PASSES: Tuple[PostPass, ...] = ()
+POST_PASSES: Tuple[PostPass, ...] = (locality_pass, movement_pass)
 
 
 def node_ranks_of(topo: Topology) -> Optional[np.ndarray]:
@@ -47,6 +62,19 @@ def node_ranks_of(topo: Topology) -> Optional[np.ndarray]:
     if len({len(r) for r in ranks}) != 1:
         return None
     return np.ascontiguousarray(np.stack(ranks), dtype=np.int64)
+
+
+# Topologies are immutable: their kernel inputs are derived once per object.
+_KERNEL_TOPOLOGY: "weakref.WeakKeyDictionary[Topology, Tuple]" = weakref.WeakKeyDictionary()
+
+
+def _kernel_topology(topo: Topology) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """(node_ranks_of(topo), rank speeds as a writable float64 [G]): one numba signature."""
+    cached = _KERNEL_TOPOLOGY.get(topo)
+    if cached is None:
+        cached = (node_ranks_of(topo), np.array(topo.rank_speed, dtype=np.float64))
+        _KERNEL_TOPOLOGY[topo] = cached
+    return cached
 
 
 def _modes(hierarchy: str, num_groups: int, node_ranks: Optional[np.ndarray]) -> Tuple[bool, bool]:
@@ -69,7 +97,9 @@ def _modes(hierarchy: str, num_groups: int, node_ranks: Optional[np.ndarray]) ->
 def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: int = 1,
           policy: str = "plumb", previous: Any = None, traffic: Any = None,
           hierarchy: str = "auto", max_replicas_per_expert: Any = None,
-          bytes_per_expert: Optional[int] = None) -> Placement:
+          bytes_per_expert: Optional[int] = None, objective: Optional[str] = None,
+          half_life: Any = None, load_slack: float = 0.0,
+          dispatch: str = "even", move_budget: Any = None, layers: Any = None) -> Placement:
     """Places E experts plus ``num_redundant`` replicas on the ranks of ``topo``, every layer.
 
     Args:
@@ -78,17 +108,47 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         topo: plumb.Topology, or an int G (one node).
         num_redundant: extra replicas per layer; P = E + num_redundant slots, P % G == 0.
         num_groups: expert groups (contiguous, E % num_groups == 0) for group-limited routing.
-        policy: "plumb" (water-filling replication, LPT packing with local search; never two
-            replicas of one expert on a rank unless E < P / G forces it) or "deepseek" (the
-            exact DeepSeek / vLLM greedy, its own hierarchy rule, ignores rank_speed).
-        previous: the current placement (int [L, P'] or Placement); the moves metric is
-            reported against it.
-        traffic: per-source counts [L, G, E] (or [T, L, G, E]) for the traffic metrics.
+        policy: "plumb" (water-filling replication, LPT packing with local search; two
+            replicas of one expert share a rank only when E < P / G forces it or when that
+            lowers the layer's busiest rank, as DeepSeek's packing does; never less balanced
+            than DeepSeek's, ties aside) or "deepseek" (the exact DeepSeek / vLLM greedy, its
+            own hierarchy rule, ignores rank_speed).
+        previous: the current placement (int [L, P'] or Placement): the new one moves as
+            few experts from it as it can at the same balance (plumb.movement: interchangeable
+            ranks relabelled, staying experts keep their slots, swaps within load_slack), and
+            the moves metric is reported against it.
+        traffic: per-source counts [L, G, E] (or [T, L, G, E]): how many routed picks each
+            source rank sent to each expert. Given (or with dispatch "nearest"), policy
+            "plumb" runs the locality pass after balancing (plumb.locality) and
+            ``metrics.traffic`` reports traffic cost and cross-node / cross-NUMA fractions.
+            Without it tokens originate uniformly over ranks; under even dispatch placement
+            then cannot change traffic on a level-cost topology, so no pass runs.
         hierarchy: "auto" (DeepSeek's rule: hierarchical iff num_groups % nodes == 0; the
             global solution is then tried as well and the better one kept per layer),
             "global" or "hierarchical" (forced).
-        max_replicas_per_expert: int or int [E] replica cap per expert (default G); plumb only.
+        max_replicas_per_expert: int or int [E] replica cap per expert (default G, or more
+            where stacking pays); plumb only.
         bytes_per_expert: bytes of one expert's weights, to report moved bytes.
+        objective: "mean" (default: balance the loads summed over the window) or "robust"
+            (needs a window [T, L, E] and the global policy): minimise, per layer,
+            ``J = sum_t a_t max_g R[t, g]``, the expected per-step max rank time, where
+            ``R[t, g]`` sums ``x'[t, e] / c_e`` over rank g's replicas (divided by its speed),
+            ``a_t`` are the step weights (sum 1) and ``x'_t = (x_t + sum_s a_s x_s) / 2`` is
+            each step shrunk halfway to the weighted mean step (against fitting sampling
+            noise); see :mod:`plumb.robust.model`.
+        half_life: objective "robust" only: step t of T weighs ``0.5 ** ((T-1-t) / half_life)``
+            (recent steps count more); None weighs all steps equally.
+        load_slack: float >= 0: the locality pass may let each layer's max rank load / speed
+            grow to (1 + load_slack) x the balanced one (0.0: balance never worse).
+        dispatch: "even" (vLLM / DeepSeek: each replica gets 1/c of every source's tokens)
+            or "nearest" (SGLang static: each source uses its cheapest replica, ties split
+            evenly). Under "nearest", ``rank_loads`` and balancedness follow that routing and
+            ``metrics.traffic["routing_table"]`` is the per-source dispatch map.
+        move_budget: incremental rebalancing from ``previous`` (same P, even dispatch): an
+            int >= 0, the most experts moved over all layers, or ints [L] per layer; spent
+            greedily on the moves that lower max load most (plumb.movement.budget).
+        layers: only these layers change (indices), or "auto:k" for the k layers whose max
+            load drops most; the others keep ``previous`` (same P, even dispatch).
 
     Returns:
         :class:`Placement`; ``metrics.hierarchy`` / ``layer_hierarchy`` say which policy won.
@@ -100,6 +160,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     num_groups = as_int(num_groups, "num_groups", 1)
     policy = as_choice(policy, "policy", POLICIES)
     hierarchy = as_choice("auto" if hierarchy is None else hierarchy, "hierarchy", HIERARCHIES)
+    objective = as_objective(objective, window, policy, hierarchy, half_life)
     num_ranks = topo.num_ranks
     num_slots = num_experts + num_redundant
     slots = check_slots(num_experts, num_slots, num_ranks)
@@ -112,71 +173,69 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         from ..locality import as_traffic
 
         traffic = as_traffic(traffic, num_layers, num_ranks, num_experts)
-    node_ranks = node_ranks_of(topo)
+    dispatch = as_choice(dispatch, "dispatch", DISPATCH_MODES)
+    load_slack = as_load_slack(load_slack)
+    movement = as_movement_options(move_budget, layers, previous, num_layers, num_slots,
+                                   dispatch)
+    node_ranks, speed = _kernel_topology(topo)
+    solved = None
 
     if policy == "plumb":
         caps = as_caps(max_replicas_per_expert, num_experts, num_slots, num_ranks)
         try_global, try_hier = _modes(hierarchy, num_groups, node_ranks)
+        balanced = weights
+        if objective == "robust":
+            try_global, try_hier = True, False
+            balanced = recency_weighted(window, half_life)
         if node_ranks is None:
             node_ranks = np.arange(num_ranks, dtype=np.int64)[None, :]
         per_node = node_ranks.shape[1]
-        phy2log = np.empty((num_layers, num_slots), dtype=np.int64)
-        logcnt = np.empty((num_layers, num_experts), dtype=np.int64)
-        rank_loads = np.empty((num_layers, num_ranks), dtype=np.float64)
-        winner = np.empty(num_layers, dtype=np.int8)
-        candidates = np.empty((num_layers, 2), dtype=np.float64)
-        speed = np.ascontiguousarray(topo.rank_speed)
-        solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
-                    num_experts * num_ranks < num_slots, num_experts * per_node < num_slots,
-                    phy2log, logcnt, rank_loads, winner, candidates)
-        if max_replicas_per_expert is None:
-            _keep_deepseek_where_better(weights, topo, num_groups, try_hier, slots, phy2log,
-                                        logcnt, rank_loads, winner)
+        # Under the default caps, stacking (where it pays) may give an expert more than G.
+        stack_caps = caps if max_replicas_per_expert is not None else \
+            np.full(num_experts, num_slots, dtype=np.int64)
+        solved = solve_model(balanced, caps, speed, node_ranks, num_groups, slots, try_global,
+                             try_hier, num_experts * num_ranks < num_slots,
+                             num_experts * per_node < num_slots, stack_caps)
+        phy2log, logcnt, _, rank_loads, winner, candidates = solved[:6]
+        if objective == "robust":
+            phy2log = robust_phy2log(phy2log, window, caps, speed,
+                                     num_experts * num_ranks < num_slots, half_life)
+            logcnt = replica_counts(phy2log, num_experts)
+            rank_loads = candidates = None
     else:
         if max_replicas_per_expert is not None:
             raise InputError("max_replicas_per_expert applies to policy='plumb' only")
         phy2log, logcnt, winner = _deepseek(weights, num_slots, num_groups, topo, hierarchy)
         rank_loads = candidates = None
 
-    context = SolveContext(weights, window, topo, num_groups, previous, traffic)
+    context = SolveContext(weights, window, topo, num_groups, previous, traffic,
+                           dispatch=dispatch, load_slack=load_slack,
+                           keep_node=winner == HIERARCHICAL, policy=policy, movement=movement)
     for post_pass in POST_PASSES:
-        phy2log = post_pass(phy2log, context)
-        logcnt = replica_counts(phy2log, num_experts)
-        rank_loads = None
+        passed = post_pass(phy2log, context)
+        if passed is not phy2log:
+            phy2log = passed
+            logcnt = replica_counts(phy2log, num_experts)
+            rank_loads = None
 
-    layer_modes = _MODE_NAMES[winner]
-    used = np.unique(layer_modes)
-    metrics = replace(score(phy2log, logcnt, weights, topo, rank_loads),
-                      hierarchy=str(used[0]) if used.size == 1 else "mixed",
-                      layer_hierarchy=layer_modes, candidate_max_load=candidates)
-    metrics = with_extras(metrics, phy2log, weights, topo, previous, None, bytes_per_expert)
-    if traffic is not None:
-        metrics = with_extras(metrics, phy2log, weights, topo, None, traffic, None)
-    return Placement(phy2log=phy2log, log2phy=log2phy_of(phy2log, logcnt), logcnt=logcnt,
+    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch)
+    if dispatched_rank_loads(flows) is not None:
+        rank_loads = dispatched_rank_loads(flows)
+    num_hier = int(np.count_nonzero(winner))
+    labels = dict(hierarchy=str(_MODE_NAMES[min(num_hier, 1)]) if num_hier in (0, num_layers)
+                  else "mixed", layer_hierarchy=_MODE_NAMES[winner], candidate_max_load=candidates)
+    # The kernel scored its own solution; anything that changed it is scored here.
+    unchanged = solved is not None and phy2log is solved[0] and rank_loads is solved[3]
+    if unchanged and balanced is weights:
+        metrics = solution_metrics(solved, **labels)
+    else:
+        metrics = score(phy2log, logcnt, weights, topo, rank_loads, **labels)
+    metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
+    log2phy = solved[2] if unchanged else log2phy_of(phy2log, logcnt)
+    return Placement(phy2log=phy2log, log2phy=log2phy, logcnt=logcnt,
                      metrics=metrics, loads=weights, window=window, topo=topo,
                      num_redundant=num_redundant, num_groups=num_groups, policy=policy,
                      hierarchy=hierarchy, previous=previous, traffic=traffic)
-
-
-def _keep_deepseek_where_better(weights: np.ndarray, topo: Topology, num_groups: int,
-                                hierarchical: bool, slots: int, phy2log: np.ndarray,
-                                logcnt: np.ndarray, rank_loads: np.ndarray,
-                                winner: np.ndarray) -> None:
-    """Replaces, in place, the layers where the DeepSeek greedy (same hierarchy mode) balances
-    strictly better and puts no expert twice on a rank: a guarantee, rarely used (skewed
-    layers where a capped hot expert leaves the local search in a local optimum).
-    """
-    mode = "hierarchical" if hierarchical else "global"
-    theirs, counts, their_mode = _deepseek(weights, phy2log.shape[1], num_groups, topo, mode)
-    loads = rank_loads_of(theirs, counts, weights, topo.num_ranks)
-    speed = topo.rank_speed
-    per_rank = np.sort(theirs.reshape(theirs.shape[0], topo.num_ranks, slots), axis=2)
-    stacked = (per_rank[:, :, 1:] == per_rank[:, :, :-1]).any(axis=(1, 2))
-    better = ((loads / speed).max(axis=1) < (rank_loads / speed).max(axis=1)) & ~stacked
-    phy2log[better] = theirs[better]
-    logcnt[better] = counts[better]
-    rank_loads[better] = loads[better]
-    winner[better] = their_mode[better]
 
 
 def _deepseek(weights: np.ndarray, num_slots: int, num_groups: int, topo: Topology,

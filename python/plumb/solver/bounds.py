@@ -1,4 +1,21 @@
-"""Lower bounds on the busiest rank's load (SPEC section 2), per layer."""
+"""Lower bounds on the busiest rank's load (SPEC section 2), per layer.
+
+Without spare slots (P == E: every expert has exactly one replica and every rank exactly S
+items) two cardinality arguments sharpen ``max(W / G, T*)``; with w sorted descending
+(1-indexed) and ``small(m)`` the sum of the m lightest experts:
+
+* k-bound: k * G + 1 items cannot sit on G ranks with at most k on each, so some rank holds
+  k + 1 of the kG + 1 heaviest: at least the k + 1 lightest of them, plus S - k - 1 more
+  experts (each at least as heavy as the lightest ones).
+* pairing bound, for i <= G: either two of the i heaviest share a rank (at least
+  ``w_{i-1} + w_i + small(S-2)``), or they sit on i distinct ranks whose other i(S - 1) items
+  come from the rest; the heaviest of those is at least ``w_{E - i(S-1) + 1}`` and shares a
+  rank with one of the i heaviest (at least ``w_i``), and the i ranks together carry at least
+  ``w_1 + ... + w_i + small(i(S-1))``. For S = 2 this is ``max_i w_i + w_{2G+1-i}``, the
+  optimum.
+
+A rank whose load is at least X has time at least X / max(speed).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +26,65 @@ from .replicate import min_max_replica_load
 
 
 @njit(cache=True, nogil=True)
-def layer_lower_bounds(weights, num_slots, speed, out):
-    """Lower bound on ``max_r load_r / speed_r`` for every layer, over all placements.
-
-    ``max(W / sum(speed), T* / max(speed))`` with ``T*`` the optimal per-replica load for
-    replica counts ``1 <= c_e <= G``; when there are no spare slots (P == E, so every expert
-    has exactly one replica) also the pigeonhole bound: two of the G + 1 heaviest experts share
-    a rank.
+def cardinality_bound(heaviest, bins):
+    """Largest cardinality bound on the busiest rank's load when each of ``bins`` ranks holds
+    exactly ``len(heaviest) / bins`` experts, one replica each.
 
     Args:
-        weights: float64 [L, E]; num_slots: P; speed: float64 [G]; out: float64 [L], output.
+        heaviest: float64 [E], the expert loads sorted descending; E a multiple of ``bins``.
+        bins: G, the number of ranks.
     """
-    num_layers, num_experts = weights.shape
+    n = heaviest.shape[0]
+    slots = n // bins
+    # suffix[m] = small(m), the sum of the m lightest; prefix[m] = the m heaviest.
+    suffix = np.zeros(n + 1, dtype=np.float64)
+    prefix = np.zeros(n + 1, dtype=np.float64)
+    for m in range(1, n + 1):
+        suffix[m] = suffix[m - 1] + heaviest[n - m]
+        prefix[m] = prefix[m - 1] + heaviest[m - 1]
+    best = 0.0
+    for k in range(1, slots):
+        top = k * bins + 1
+        together = prefix[top] - prefix[top - k - 1]
+        best = max(best, together + suffix[slots - k - 1])
+    rest = suffix[max(slots - 2, 0)]
+    for i in range(1, bins + 1):
+        if slots == 1:
+            break
+        apart = max(heaviest[i - 1] + heaviest[n - i * (slots - 1)] + rest,
+                    (prefix[i] + suffix[i * (slots - 1)]) / i)
+        if i > 1:
+            apart = min(apart, heaviest[i - 2] + heaviest[i - 1] + rest)
+        best = max(best, apart)
+    return best
+
+
+@njit(cache=True, nogil=True)
+def layer_bound(weights, num_slots, speed):
+    """Lower bound on ``max_r load_r / speed_r`` of one layer, over all placements.
+
+    ``max(W / sum(speed), T* / max(speed))`` with ``T*`` the optimal per-replica load for
+    replica counts ``1 <= c_e <= G``; when P == E also the cardinality bounds above.
+
+    Args:
+        weights: float64 [E]; num_slots: P; speed: float64 [G].
+    """
+    num_experts = weights.shape[0]
     bins = speed.shape[0]
-    total_speed = speed.sum()
     top_speed = speed.max()
-    for layer in range(num_layers):
-        w = weights[layer]
-        bound = max(w.sum() / total_speed, min_max_replica_load(w, num_slots, bins) / top_speed)
-        if num_slots == num_experts and num_experts > bins:
-            heaviest = np.sort(w)[::-1]
-            bound = max(bound, (heaviest[bins - 1] + heaviest[bins]) / top_speed)
-        out[layer] = bound
+    if num_slots == num_experts:  # one replica each: T* is the heaviest expert
+        bound = max(weights.sum() / speed.sum(), weights.max() / top_speed)
+    else:
+        bound = max(weights.sum() / speed.sum(),
+                    min_max_replica_load(weights, num_slots, bins) / top_speed)
+    if num_slots == num_experts and num_experts > bins:
+        heaviest = np.sort(weights)[::-1]
+        bound = max(bound, cardinality_bound(heaviest, bins) / top_speed)
+    return bound
+
+
+@njit(cache=True, nogil=True)
+def layer_lower_bounds(weights, num_slots, speed, out):
+    """:func:`layer_bound` of every layer of ``weights`` float64 [L, E] into ``out`` float64 [L]."""
+    for layer in range(weights.shape[0]):
+        out[layer] = layer_bound(weights[layer], num_slots, speed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +23,10 @@ class Moves:
         received: int64 [G], moves arriving at each rank (all layers).
         bytes_moved, max_bytes_received: moves and max(received) times bytes_per_expert, or
             None when bytes_per_expert was not given.
+        cost: ``plumb.rearrange.MovementStats`` (senders routed as plumb.plan_rearrangement:
+            per-rank bytes sent and received, intra- / inter-node bytes, estimated seconds from
+            the topology's bandwidths) when bytes_per_expert was given and the previous
+            placement has the same P; else None.
     """
 
     moves: int
@@ -31,6 +35,7 @@ class Moves:
     received: np.ndarray
     bytes_moved: Optional[int]
     max_bytes_received: Optional[int]
+    cost: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,13 +52,20 @@ class Metrics:
         lb_gap: float64 [L], max_load / lower_bound - 1 (0 where both are 0).
         lb_gap_mean, lb_gap_max: mean and worst layer of lb_gap.
         moves: :class:`Moves` vs the previous placement, or None.
-        traffic: ``plumb.locality.traffic_metrics`` under even dispatch when per-source
-            traffic was given, else None.
+        traffic: ``plumb.locality.traffic_metrics`` under the dispatch model when
+            per-source traffic was given or dispatch is "nearest", else None (even dispatch
+            with sources uniform over ranks: on level-cost topologies no placement changes
+            traffic). For "nearest" it holds the routing table and ``rank_loads`` (and so
+            balancedness) follow the routing.
         hierarchy: for ``solve``: "global", "hierarchical" or "mixed" (per layer, the better
             of the two was kept); None for ``evaluate``.
         layer_hierarchy: str [L] policy used per layer (solve only).
         candidate_max_load: float64 [L, 2], max_load of the global and the hierarchical
             solution of each layer, inf for one not tried (solve, policy "plumb" only).
+        heldout_balancedness: ``evaluate`` with a window [T, L, E] (pass held-out steps): the
+            mean over steps of each step's model balancedness under even dispatch (what users
+            feel; the other metrics score the window summed over steps); else None.
+        step_balancedness: float64 [T], each step's model balancedness, or None.
     """
 
     rank_loads: np.ndarray
@@ -69,6 +81,8 @@ class Metrics:
     hierarchy: Optional[str] = None
     layer_hierarchy: Optional[np.ndarray] = None
     candidate_max_load: Optional[np.ndarray] = None
+    heldout_balancedness: Optional[float] = None
+    step_balancedness: Optional[np.ndarray] = None
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -116,15 +130,18 @@ def moves_between(phy2log: np.ndarray, previous: np.ndarray, num_experts: int, n
 
 
 def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: Topology,
-          rank_loads: Optional[np.ndarray] = None) -> Metrics:
-    """Balance metrics of a validated placement (no moves, no traffic)."""
+          rank_loads: Optional[np.ndarray] = None, **labels: Any) -> Metrics:
+    """Balance metrics of a validated placement (no moves, no traffic).
+
+    ``labels``: the solve-only fields (hierarchy, layer_hierarchy, candidate_max_load).
+    """
     if rank_loads is None:
         rank_loads = rank_loads_of(phy2log, logcnt, weights, topo.num_ranks)
     speed = topo.rank_speed
     max_load = (rank_loads / speed).max(axis=1)
     ideal = weights.sum(axis=1) / speed.sum()
     bound = np.empty(weights.shape[0])
-    layer_lower_bounds(weights, phy2log.shape[1], np.ascontiguousarray(speed), bound)
+    layer_lower_bounds(weights, phy2log.shape[1], np.array(speed, dtype=np.float64), bound)
     positive = max_load > 0
     layer_bal = np.where(positive, ideal / np.where(positive, max_load, 1.0), 1.0)
     total_max = float(max_load.sum())
@@ -140,38 +157,84 @@ def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: To
         lb_gap=gap,
         lb_gap_mean=float(gap.mean()),
         lb_gap_max=float(gap.max()),
+        **labels,
     )
 
 
+def solution_metrics(solved: Tuple, **labels: Any) -> Metrics:
+    """The :class:`Metrics` that ``plumb.solver.model.solve_model`` computed with its solution
+    (``solved`` is its return tuple); ``labels`` as in :func:`score`."""
+    return Metrics(rank_loads=solved[3], balancedness=solved[10], layer_balancedness=solved[8],
+                   max_load=solved[6], lower_bound=solved[7], lb_gap=solved[9],
+                   lb_gap_mean=solved[11], lb_gap_max=solved[12], **labels)
+
+
 def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
-             traffic: Any = None, bytes_per_expert: Optional[int] = None) -> Metrics:
-    """SPEC section 2 metrics of any placement (plumb's or another engine's), even dispatch.
+             traffic: Any = None, bytes_per_expert: Optional[int] = None,
+             dispatch: str = "even") -> Metrics:
+    """SPEC section 2 metrics of any placement (plumb's or another engine's).
 
     Args:
         phy2log: int [L, P] (or [P] for one layer) expert of each slot, or a Placement; every
             expert of [0, E) must hold >= 1 slot and P must be a multiple of G.
-        loads: expert loads [E], [L, E] or a window [T, L, E] (summed over T).
+        loads: expert loads [E], [L, E] or a window [T, L, E] (summed over T; a window also
+            gives ``heldout_balancedness``, the mean per-step balancedness over its steps).
         topo: Topology or int G.
         previous: placement int [L, P'] (or Placement) to count moves from, or None.
         traffic: per-source counts [L, G, E] (or [T, L, G, E]) for traffic metrics, or None.
         bytes_per_expert: bytes of one expert's weights, to report moved bytes.
+        dispatch: "even" (each replica gets 1/c of every source) or "nearest" (each source
+            uses its cheapest replica; rank loads and balance follow that routing, and
+            ``metrics.traffic`` holds the routing table, sources uniform without ``traffic``).
 
     Returns:
         :class:`Metrics`.
     """
     topo = as_topology(topo)
-    weights, _ = as_loads(loads)
+    weights, window = as_loads(loads)
     num_layers, num_experts = weights.shape
     if hasattr(phy2log, "phy2log"):
         phy2log = phy2log.phy2log
     phy2log = as_phy2log(phy2log, "phy2log", num_layers, num_experts, topo.num_ranks)
-    metrics = score(phy2log, replica_counts(phy2log, num_experts), weights, topo)
-    return with_extras(metrics, phy2log, weights, topo, previous, traffic, bytes_per_expert)
+    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch)
+    metrics = score(phy2log, replica_counts(phy2log, num_experts), weights, topo,
+                    dispatched_rank_loads(flows))
+    if window is not None:
+        from ..robust.steps import step_balancedness
+
+        per_step = step_balancedness(phy2log, replica_counts(phy2log, num_experts), window,
+                                     topo.rank_speed)
+        metrics = replace(metrics, heldout_balancedness=float(per_step.mean()),
+                          step_balancedness=per_step)
+    return with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
+
+
+def traffic_flows(phy2log: np.ndarray, weights: np.ndarray, topo: Topology, traffic: Any,
+                  dispatch: str) -> Optional[Dict[str, Any]]:
+    """``plumb.locality.traffic_metrics`` of a validated placement, or None without
+    per-source ``traffic`` under even dispatch (on topologies built from levels no placement
+    changes traffic then: ``plumb.locality.placement_invariant``)."""
+    from ..locality import traffic_metrics
+    from ..locality.traffic import EVEN, dispatch_code
+
+    if traffic is None and dispatch_code(dispatch) == EVEN:
+        return None
+    return traffic_metrics(phy2log, weights, topo, traffic, dispatch)
+
+
+def dispatched_rank_loads(flows: Optional[Dict[str, Any]]) -> Optional[np.ndarray]:
+    """Rank loads [L, G] under nearest dispatch from ``traffic_flows``; None for even
+    dispatch (``score`` computes those from the replica counts)."""
+    if flows is None or flows["dispatch"] != "nearest":
+        return None
+    return flows["rank_loads"]
 
 
 def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo: Topology,
-                previous: Any, traffic: Any, bytes_per_expert: Optional[int]) -> Metrics:
-    """``metrics`` plus moves vs ``previous`` and traffic metrics, when those are given."""
+                previous: Any, flows: Optional[Dict[str, Any]],
+                bytes_per_expert: Optional[int]) -> Metrics:
+    """``metrics`` plus moves vs ``previous`` and the traffic metrics ``flows`` (from
+    ``traffic_flows``), when those are given."""
     num_layers, num_experts = weights.shape
     extras: Dict[str, Any] = {}
     if bytes_per_expert is not None:
@@ -180,10 +243,13 @@ def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo
         previous = as_previous(previous, num_layers, num_experts, topo.num_ranks)
         extras["moves"] = moves_between(phy2log, previous, num_experts, topo.num_ranks,
                                         bytes_per_expert)
-    if traffic is not None:
-        from ..locality import traffic_metrics
+        if bytes_per_expert is not None and previous.shape == phy2log.shape:
+            from ..rearrange import movement_stats
 
-        extras["traffic"] = traffic_metrics(phy2log, weights, topo, traffic, dispatch="even")
+            extras["moves"] = replace(extras["moves"], cost=movement_stats(
+                previous, phy2log, topo, bytes_per_expert, num_experts))
+    if flows is not None:
+        extras["traffic"] = flows
     return replace(metrics, **extras) if extras else metrics
 
 

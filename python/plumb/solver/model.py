@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .place import place
+from .bounds import layer_bound
+from .place import place, time_max
+from .placement import fill_log2phy
 
 GLOBAL = 0
 HIERARCHICAL = 1
 
 
 @njit(cache=True, nogil=True)
-def _time_max(load, speed):
-    top = 0.0
-    for r in range(load.shape[0]):
-        top = max(top, load[r] / speed[r])
-    return top
-
-
-@njit(cache=True, nogil=True)
 def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup, beat, counts,
-                        slot_e, slot_w, load, has):
+                        slot_e, slot_w, load, has, stack_caps):
     """Hierarchical policy for one layer (DeepSeek's structure, each step balanced better).
 
     Whole expert groups go to nodes (equal group count per node, balancing node load / node
@@ -53,10 +47,10 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
             node_speed[n] += speed[node_ranks[n, i]]
     group_slot = np.empty((nodes, groups_per_node), dtype=np.int64)
     node_load = np.empty(nodes, dtype=np.float64)
-    place(group_w, np.ones(num_groups, dtype=np.int64), node_speed, True,
-          np.empty(num_groups, dtype=np.int64), group_slot,
+    single = np.ones(num_groups, dtype=np.int64)
+    place(group_w, single, node_speed, True, np.empty(num_groups, dtype=np.int64), group_slot,
           np.empty((nodes, groups_per_node), dtype=np.float64), node_load,
-          np.empty((nodes, num_groups), dtype=np.int64))
+          np.empty((nodes, num_groups), dtype=np.int64), single)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
@@ -65,6 +59,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     ids = np.empty(local_n, dtype=np.int64)
     local_w = np.empty(local_n, dtype=np.float64)
     local_caps = np.empty(local_n, dtype=np.int64)
+    local_stack_caps = np.empty(local_n, dtype=np.int64)
     local_counts = np.empty(local_n, dtype=np.int64)
     local_speed = np.empty(gpn, dtype=np.float64)
     local_e = np.empty((gpn, slots), dtype=np.int64)
@@ -80,10 +75,11 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
                 ids[k * group_size + j] = e
                 local_w[k * group_size + j] = weights[e]
                 local_caps[k * group_size + j] = min(caps[e], gpn)
+                local_stack_caps[k * group_size + j] = stack_caps[e]
         for i in range(gpn):
             local_speed[i] = speed[node_ranks[n, i]]
         place(local_w, local_caps, local_speed, allow_dup, local_counts, local_e, local_sw,
-              local_load, local_has)
+              local_load, local_has, local_stack_caps)
         for j in range(local_n):
             counts[ids[j]] = local_counts[j]
         for i in range(gpn):
@@ -100,18 +96,44 @@ def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
     """Copies one layer's solution out, each rank's slots sorted by expert id (canonical order)."""
     bins, slots = slot_e.shape
     for r in range(bins):
-        row = np.sort(slot_e[r])
-        for k in range(slots):
-            phy2log_row[r * slots + k] = row[k]
+        base = r * slots
+        for k in range(slots):  # insertion sort: S is small
+            e = slot_e[r, k]
+            j = base + k - 1
+            while j >= base and phy2log_row[j] > e:
+                phy2log_row[j + 1] = phy2log_row[j]
+                j -= 1
+            phy2log_row[j + 1] = e
         load_row[r] = load[r]
     logcnt_row[:] = counts
 
 
 @njit(cache=True, nogil=True)
+def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
+               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps):
+    """Solves one layer with the policies asked for; returns the winner (GLOBAL or HIERARCHICAL).
+
+    ``g`` and ``h`` are (counts, slot_e, slot_w, load) scratch of the two policies; the winner's
+    hold the solution. ``candidate`` float64 [2], output: each policy's max rank time (inf if
+    not run, or if the hierarchical one was cut short because it could not win). Ties go to
+    the hierarchical policy (it keeps groups within a node).
+    """
+    candidate[:] = np.inf
+    if try_global:
+        # Global policy: all ranks interchangeable.
+        candidate[GLOBAL] = place(weights, caps, speed, allow_dup_global, g[0], g[1], g[2],
+                                  g[3], has, stack_caps)
+    if try_hier and _hierarchical_layer(weights, caps, speed, node_ranks, num_groups,
+                                        allow_dup_hier, candidate[GLOBAL], h[0], h[1], h[2],
+                                        h[3], has, stack_caps):
+        candidate[HIERARCHICAL] = time_max(h[3], speed)
+    return HIERARCHICAL if candidate[HIERARCHICAL] <= candidate[GLOBAL] else GLOBAL
+
+
+@njit(cache=True, nogil=True)
 def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
-                allow_dup_global, allow_dup_hier, phy2log, logcnt, rank_load, winner,
-                candidate_max):
-    """Solves every layer; where both policies are tried, keeps the better one per layer.
+                allow_dup_global, allow_dup_hier, stack_caps):
+    """Solves and scores every layer; where both policies are tried, keeps the better one.
 
     Args:
         weights: float64 [L, E], expert loads.
@@ -123,42 +145,54 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
         try_global, try_hier: which policies to run (at least one).
         allow_dup_global, allow_dup_hier: whether E (per node) is too small to avoid stacking
             replicas of one expert on one rank.
-        phy2log: int64 [L, G*S], output.
-        logcnt: int64 [L, E], output.
-        rank_load: float64 [L, G], output: load per rank.
-        winner: int8 [L], output: GLOBAL or HIERARCHICAL.
-        candidate_max: float64 [L, 2], output: max rank load / speed of each policy (inf if
-            not run, or if the hierarchical one was cut short because it could not win).
+        stack_caps: int64 [E], replica caps where stacking pays (see ``place``).
 
-    Ties between the policies go to the hierarchical one (it keeps groups within a node).
+    Returns:
+        A tuple: phy2log int64 [L, G*S]; logcnt int64 [L, E]; log2phy int64 [L, E, max
+        count]; rank_load float64 [L, G]; winner int8 [L] (GLOBAL or HIERARCHICAL);
+        candidate_max float64 [L, 2] (each policy's max rank time, inf if not run or cut
+        short); max_load, lower_bound, layer_balancedness, lb_gap float64 [L] (as in
+        ``Metrics``); the model balancedness; the mean and the largest lb_gap.
     """
     num_layers, num_experts = weights.shape
     bins = speed.shape[0]
-    g_counts = np.empty(num_experts, dtype=np.int64)
-    g_e = np.empty((bins, slots), dtype=np.int64)
-    g_w = np.empty((bins, slots), dtype=np.float64)
-    g_load = np.empty(bins, dtype=np.float64)
-    h_counts = np.empty(num_experts, dtype=np.int64)
-    h_e = np.empty((bins, slots), dtype=np.int64)
-    h_w = np.empty((bins, slots), dtype=np.float64)
-    h_load = np.empty(bins, dtype=np.float64)
+    num_slots = bins * slots
+    g = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
+         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
+    h = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
+         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
     has = np.empty((bins, num_experts), dtype=np.int64)
+    phy2log = np.empty((num_layers, num_slots), dtype=np.int64)
+    logcnt = np.empty((num_layers, num_experts), dtype=np.int64)
+    rank_load = np.empty((num_layers, bins), dtype=np.float64)
+    winner = np.empty(num_layers, dtype=np.int8)
+    candidate_max = np.empty((num_layers, 2), dtype=np.float64)
+    max_load = np.empty(num_layers, dtype=np.float64)
+    bound = np.empty(num_layers, dtype=np.float64)
+    balancedness = np.empty(num_layers, dtype=np.float64)
+    gap = np.empty(num_layers, dtype=np.float64)
+    total_speed = speed.sum()
+    ideal_sum = 0.0
+    max_sum = 0.0
     for layer in range(num_layers):
         w = weights[layer]
-        candidate_max[layer, :] = np.inf
-        if try_global:
-            # Global policy: all ranks interchangeable.
-            place(w, caps, speed, allow_dup_global, g_counts, g_e, g_w, g_load, has)
-            candidate_max[layer, GLOBAL] = _time_max(g_load, speed)
-        if try_hier and _hierarchical_layer(w, caps, speed, node_ranks, num_groups,
-                                            allow_dup_hier, candidate_max[layer, GLOBAL],
-                                            h_counts, h_e, h_w, h_load, has):
-            candidate_max[layer, HIERARCHICAL] = _time_max(h_load, speed)
-        if candidate_max[layer, HIERARCHICAL] <= candidate_max[layer, GLOBAL]:
-            winner[layer] = HIERARCHICAL
-            _write_layer(h_e, h_load, h_counts, phy2log[layer], logcnt[layer],
-                         rank_load[layer])
-        else:
-            winner[layer] = GLOBAL
-            _write_layer(g_e, g_load, g_counts, phy2log[layer], logcnt[layer],
-                         rank_load[layer])
+        mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
+                          allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
+                          stack_caps)
+        best = h if mode == HIERARCHICAL else g
+        winner[layer] = mode
+        _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])
+        top = candidate_max[layer, mode]
+        ideal = w.sum() / total_speed
+        bound[layer] = layer_bound(w, num_slots, speed)
+        max_load[layer] = top
+        balancedness[layer] = ideal / top if top > 0 else 1.0
+        # max_load >= bound mathematically; clip the last-ulp differences of summation order.
+        gap[layer] = max(top / bound[layer] - 1.0, 0.0) if bound[layer] > 0 else 0.0
+        ideal_sum += ideal
+        max_sum += top
+    log2phy = np.full((num_layers, num_experts, logcnt.max()), -1, dtype=np.int64)
+    fill_log2phy(phy2log, log2phy)
+    return (phy2log, logcnt, log2phy, rank_load, winner, candidate_max, max_load, bound,
+            balancedness, gap, ideal_sum / max_sum if max_sum > 0 else 1.0, gap.mean(),
+            gap.max())

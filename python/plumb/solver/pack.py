@@ -14,6 +14,50 @@ from numba import njit
 from .heap import heap_pop, heap_push, heap_replace_top
 
 
+# Runs this short are insertion-sorted before merging.
+_RUN = 8
+
+
+@njit(cache=True, nogil=True)
+def descending_order(values, order, scratch):
+    """Writes into ``order`` the indices of ``values`` by descending value, ties by index.
+
+    A stable bottom-up merge sort (insertion-sorted runs first); several times faster than
+    ``np.argsort`` at the few hundred items of one packing. ``values`` float64 [m];
+    ``order`` and ``scratch`` int64 [m].
+    """
+    n = values.shape[0]
+    for start in range(0, n, _RUN):
+        end = min(start + _RUN, n)
+        for k in range(start, end):
+            v = values[k]
+            j = k - 1
+            while j >= start and values[order[j]] < v:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = k
+    width = _RUN
+    in_order = True
+    while width < n:
+        src, dst = (order, scratch) if in_order else (scratch, order)
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            a = lo
+            b = mid
+            for k in range(lo, hi):
+                if b >= hi or (a < mid and values[src[a]] >= values[src[b]]):
+                    dst[k] = src[a]
+                    a += 1
+                else:
+                    dst[k] = src[b]
+                    b += 1
+        in_order = not in_order
+        width *= 2
+    if not in_order:
+        order[:] = scratch
+
+
 @njit(cache=True, nogil=True)
 def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
     """Greedy LPT packing of ``m = bins * S`` items.
@@ -32,7 +76,8 @@ def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
         How many items had to be stacked on a bin already holding their expert.
     """
     bins, slots = slot_e.shape
-    order = np.argsort(-item_w)
+    order = np.empty(item_w.shape[0], dtype=np.int64)
+    descending_order(item_w, order, np.empty(item_w.shape[0], dtype=np.int64))
     keys = np.empty(bins, dtype=np.float64)
     ties = np.empty(bins, dtype=np.int64)
     aside = np.empty(bins, dtype=np.int64)

@@ -2,6 +2,16 @@
 
 Used for the whole model's ranks (global policy), for each node's ranks (hierarchical policy),
 and for expert groups onto nodes (one "replica" per group).
+
+Water-filling gives the replica counts with the smallest largest replica, but not always the
+counts that pack best when no rank may hold an expert twice. When the packed maximum is above
+the ideal, :func:`place` tries alternatives and keeps whichever lowers the maximum: the same
+counts packed with stacking allowed, and (when well above the ideal, ``RECOUNT_SLACK``) one
+replica moved from the expert that misses it least to the heaviest replicated piece on the
+busiest rank. Stacking is the "unless forced" of the no-stacking rule: with two hot experts
+of one group on one node (5 + 5 replicas over 8 ranks), two ranks must hold two hot pieces,
+and two pieces of the lighter expert weigh less than one of each. DeepSeek stacks freely;
+this keeps plumb at least as balanced where stacking pays, and unstacked everywhere else.
 """
 
 from __future__ import annotations
@@ -10,12 +20,81 @@ import numpy as np
 from numba import njit
 
 from .pack import lpt_pack, repair_duplicates
-from .refine import refine_swaps
+from .refine import refine_pairs, refine_swaps
 from .replicate import water_fill
+
+# Alternatives are tried only when the busiest rank is this far above the ideal time.
+RECOUNT_SLACK = 1e-2
+# Pair exchanges (S**4 / 4 candidates per partner rank) run up to this many slots per rank,
+# against this many of the lightest ranks.
+PAIR_SLOTS = 8
+PAIR_PARTNERS = 4
 
 
 @njit(cache=True, nogil=True)
-def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has):
+def _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
+    """Packs ``counts[e]`` replicas of each expert (each ``w_e / c_e``), then runs the swap
+    search if ``refine``; returns the max time."""
+    n = weights.shape[0]
+    bins, slots = slot_e.shape
+    num_items = bins * slots
+    item_w = np.empty(num_items, dtype=np.float64)
+    item_e = np.empty(num_items, dtype=np.int64)
+    i = 0
+    for e in range(n):
+        share = weights[e] / counts[e]
+        for _ in range(counts[e]):
+            item_w[i] = share
+            item_e[i] = e
+            i += 1
+    has[:, :n] = 0
+    stacked = lpt_pack(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load, has)
+    if stacked > 0 and not allow_dup:
+        repair_duplicates(slot_e, slot_w, load, speed, has)
+    if refine:
+        refine_swaps(slot_e, slot_w, load, speed, has, not allow_dup, 4 * num_items + 16)
+    return time_max(load, speed)
+
+
+@njit(cache=True, nogil=True)
+def time_max(load, speed):
+    """The busiest rank's ``load / speed`` (float64 [bins] each)."""
+    top = 0.0
+    for r in range(load.shape[0]):
+        top = max(top, load[r] / speed[r])
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
+    """Picks one replica move for a repack: returns (gainer, donor), or (-1, -1) if none."""
+    bins, slots = slot_e.shape
+    busiest = 0
+    for r in range(1, bins):
+        if load[r] / speed[r] > load[busiest] / speed[busiest]:
+            busiest = r
+    gainer = -1
+    for k in range(slots):
+        e = slot_e[busiest, k]
+        if counts[e] >= min(caps[e], bins):
+            continue
+        if gainer < 0 or slot_w[busiest, k] > weights[gainer] / counts[gainer]:
+            gainer = e
+    if gainer < 0:
+        return -1, -1
+    donor = -1
+    for f in range(weights.shape[0]):
+        if f != gainer and counts[f] > 1 and (
+                donor < 0 or weights[f] * (counts[donor] - 1) < weights[donor] * (counts[f] - 1)):
+            donor = f
+    # The donor's pieces grow to w / (c - 1); that must stay below the maximum to be of use.
+    if donor < 0 or weights[donor] / (counts[donor] - 1) >= top:
+        return -1, -1
+    return gainer, donor
+
+
+@njit(cache=True, nogil=True)
+def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
 
     Args:
@@ -27,23 +106,69 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has):
         slot_e: int64 [bins, S], output: local expert index in each slot.
         slot_w: float64 [bins, S], output: per-replica load in each slot.
         load: float64 [bins], output: load of each rank.
-        has: int64 [bins, n], scratch: replicas of each expert per rank.
+        has: int64 [bins, >= n], scratch: replicas of each expert per rank.
+        stack_caps: int64 [n], replica caps of the stacking alternative (the caller's caps,
+            or unlimited under the default caps: DeepSeek gives a hot expert more replicas
+            than ranks).
+
+    Returns:
+        The largest ``load / speed``.
     """
-    n = weights.shape[0]
     bins, slots = slot_e.shape
-    num_items = bins * slots
-    water_fill(weights, num_items, caps, counts)
-    item_w = np.empty(num_items, dtype=np.float64)
-    item_e = np.empty(num_items, dtype=np.int64)
-    i = 0
-    for e in range(n):
-        share = weights[e] / counts[e]
-        for _ in range(counts[e]):
-            item_w[i] = share
-            item_e[i] = e
-            i += 1
-    has[:, :] = 0
-    stacked = lpt_pack(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load, has)
-    if stacked > 0 and not allow_dup:
-        repair_duplicates(slot_e, slot_w, load, speed, has)
-    refine_swaps(slot_e, slot_w, load, speed, has, not allow_dup, 4 * num_items + 16)
+    if weights.shape[0] == bins * slots:
+        counts[:] = 1
+        return _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
+    water_fill(weights, bins * slots, caps, counts)
+    top = _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
+    if allow_dup:
+        return top
+    ideal = weights.sum() / speed.sum()
+    if top > ideal * (1.0 + 1e-9):
+        top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
+                            top > ideal * (1.0 + RECOUNT_SLACK), stack_caps)
+    if top > ideal * (1.0 + 1e-9) and slots <= PAIR_SLOTS:
+        has[:, :] = 0
+        for r in range(bins):
+            for k in range(slots):
+                has[r, slot_e[r, k]] += 1
+        refine_pairs(slot_e, slot_w, load, speed, has, True, PAIR_PARTNERS, bins)
+        top = time_max(load, speed)
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
+                  stack_caps):
+    """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
+    replica move only if ``recount``. Returns the maximum."""
+    trial_counts = counts.copy()
+    trial_e = np.empty_like(slot_e)
+    trial_w = np.empty_like(slot_w)
+    trial_load = np.empty_like(load)
+    for stack in (False, True):
+        if stack:
+            water_fill(weights, slot_e.size, stack_caps, trial_counts)
+        else:
+            if not recount:
+                continue
+            gainer, donor = _recount(weights, caps, counts, slot_e, slot_w, load, speed, top)
+            if gainer < 0:
+                continue
+            trial_counts[gainer] += 1
+            trial_counts[donor] -= 1
+        # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
+        trial = _pack(weights, trial_counts, speed, stack, trial_e, trial_w, trial_load, has,
+                      not stack)
+        if stack and trial < top:
+            refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
+                         4 * slot_e.size + 16)
+            trial = time_max(trial_load, speed)
+        if trial < top * (1.0 - 1e-9):
+            top = trial
+            counts[:] = trial_counts
+            slot_e[:, :] = trial_e
+            slot_w[:, :] = trial_w
+            load[:] = trial_load
+        else:
+            trial_counts[:] = counts
+    return top

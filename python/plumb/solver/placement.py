@@ -13,7 +13,9 @@ from .metrics import Metrics
 
 
 @njit(cache=True, nogil=True)
-def _fill_log2phy(phy2log, log2phy):
+def fill_log2phy(phy2log, log2phy):
+    """Writes each expert's slots, ascending, into log2phy int64 [L, E, >= max count]
+    (filled with -1 by the caller)."""
     num_layers, num_slots = phy2log.shape
     fill = np.zeros(log2phy.shape[1], dtype=np.int64)
     for layer in range(num_layers):
@@ -28,7 +30,7 @@ def log2phy_of(phy2log: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
     """int64 [L, E, max(logcnt)]: each expert's slots, ascending, padded with -1."""
     num_layers, num_experts = logcnt.shape
     out = np.full((num_layers, num_experts, int(logcnt.max())), -1, dtype=np.int64)
-    _fill_log2phy(phy2log, out)
+    fill_log2phy(phy2log, out)
     return out
 
 

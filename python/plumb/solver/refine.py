@@ -8,7 +8,9 @@ maximum, so the sorted vector of rank times decreases strictly: the search ends,
 makes the maximum worse.
 
 Each rank's slots are kept sorted by load so that, for each replica on ``h``, the best partner
-on ``r`` is found by binary search instead of a scan.
+on ``r`` is found by binary search instead of a scan. When single swaps are stuck,
+:func:`refine_pairs` exchanges two replicas of ``h`` with two of one of the lightest ranks
+(same acceptance rule) and resumes the swap search.
 """
 
 from __future__ import annotations
@@ -136,4 +138,73 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
         sort_row(slot_e, slot_w, best_r)
         time[h] = load[h] / speed[h]
         time[best_r] = load[best_r] / speed[best_r]
+    return max_steps
+
+
+@njit(cache=True, nogil=True)
+def _lightest(time, skip, count, out):
+    """Writes the (up to) ``count`` ranks of smallest time other than ``skip`` into ``out``,
+    ascending; returns how many."""
+    found = 0
+    for r in range(time.shape[0]):
+        if r == skip or (found == count and time[r] >= time[out[count - 1]]):
+            continue
+        j = found if found < count else count - 1
+        found = min(found + 1, count)
+        while j > 0 and time[out[j - 1]] > time[r]:
+            out[j] = out[j - 1]
+            j -= 1
+        out[j] = r
+    return found
+
+
+@njit(cache=True, nogil=True)
+def refine_pairs(slot_e, slot_w, load, speed, has, forbid_dup, partners, max_steps):
+    """Exchanges two replicas of the busiest rank with two of one of its ``partners``
+    lightest ranks, when single swaps are stuck, then resumes the swap search.
+
+    Same contract as :func:`refine_swaps` (every accepted exchange lowers the busiest rank and
+    keeps the partner below the old maximum, so the maximum never gets worse). S**4 / 4
+    candidates per partner: meant for few slots per rank.
+
+    Returns:
+        Number of pair exchanges applied.
+    """
+    bins, slots = slot_e.shape
+    time = np.empty(bins, dtype=np.float64)
+    lightest = np.empty(max(partners, 1), dtype=np.int64)
+    for step in range(max_steps):
+        for r in range(bins):
+            time[r] = load[r] / speed[r]
+        h = 0
+        for r in range(1, bins):
+            if time[r] > time[h]:
+                h = r
+        best = time[h] * (1.0 - _MIN_GAIN)
+        best_r = -1
+        best_i = best_j = best_k = best_l = -1
+        for t in range(_lightest(time, h, partners, lightest)):
+            r = lightest[t]
+            for i in range(slots):
+                for j in range(i + 1, slots):
+                    a = slot_w[h, i] + slot_w[h, j]
+                    ei = slot_e[h, i]
+                    ej = slot_e[h, j]
+                    if forbid_dup and (has[r, ei] > 0 or has[r, ej] > 0):
+                        continue
+                    for k in range(slots):
+                        for m in range(k + 1, slots):
+                            if forbid_dup and (has[h, slot_e[r, k]] > 0 or
+                                               has[h, slot_e[r, m]] > 0):
+                                continue
+                            d = a - slot_w[r, k] - slot_w[r, m]
+                            worse = max((load[h] - d) / speed[h], (load[r] + d) / speed[r])
+                            if d > 0 and worse < best:
+                                best, best_r = worse, r
+                                best_i, best_j, best_k, best_l = i, j, k, m
+        if best_r < 0:
+            return step
+        swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_k)
+        swap_items(slot_e, slot_w, load, has, h, best_j, best_r, best_l)
+        refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16)
     return max_steps

@@ -23,10 +23,10 @@ def water_fill(weights, num_slots, caps, counts):
         caps: int64 [n], the most replicas each expert may get (>= 1).
         counts: int64 [n], output: replicas per expert, each in [1, cap], summing to num_slots.
 
-    Ties go to the expert with fewer replicas, then the lower index, so replicas of zero-load
-    experts are spread evenly rather than piled on expert 0. Should the caps sum to less than
-    ``num_slots`` (only possible for a node's share in the hierarchical policy), the caps are
-    dropped for the remaining replicas instead of failing.
+    Ties go to the lower index, as in DeepSeek's replication (so that on ties both start from
+    the same counts; the caps keep zero-load experts from piling up). Should the caps sum to
+    less than ``num_slots`` (only possible for a node's share in the hierarchical policy), the
+    caps are dropped for the remaining replicas instead of failing.
 
     Returns:
         True when the caps were respected, False when they had to be dropped.
@@ -38,18 +38,18 @@ def water_fill(weights, num_slots, caps, counts):
     for e in range(n):
         counts[e] = 1
         if caps[e] > 1:
-            size = heap_push(keys, ties, size, -weights[e], n + e)
+            size = heap_push(keys, ties, size, -weights[e], e)
     capped = True
     for _ in range(num_slots - n):
         if size == 0:
             capped = False
             for e in range(n):
-                size = heap_push(keys, ties, size, -weights[e] / counts[e], counts[e] * n + e)
-        e = ties[0] % n
+                size = heap_push(keys, ties, size, -weights[e] / counts[e], e)
+        e = ties[0]
         size = heap_pop(keys, ties, size)
         counts[e] += 1
         if counts[e] < caps[e] or not capped:
-            size = heap_push(keys, ties, size, -weights[e] / counts[e], counts[e] * n + e)
+            size = heap_push(keys, ties, size, -weights[e] / counts[e], e)
     return capped
 
 

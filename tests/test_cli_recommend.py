@@ -1,0 +1,71 @@
+"""``plumb recommend`` as a subprocess on files the test writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import plumb
+from plumb.io.npz import PlumbStats, save_plumb_npz
+
+PLUMB = str(Path(sys.executable).with_name("plumb"))
+GATE = ["--ranks", "4", "--bytes-per-expert", "1000000", "--step-time-ms", "30"]
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([PLUMB, "recommend", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def window(hot: float, steps: int = 32, seed: int = 0) -> np.ndarray:
+    """[T, 2, 8] multinomial counts; expert 0 is ``hot`` times as popular as the others."""
+    rng = np.random.default_rng(seed)
+    popularity = np.ones(8)
+    popularity[0] = hot
+    popularity /= popularity.sum()
+    return np.stack([rng.multinomial(400, popularity, size=2) for _ in range(steps)])
+
+
+def uniform_current() -> np.ndarray:
+    return plumb.solve(np.ones((2, 8)), 4, num_redundant=4).phy2log
+
+
+def test_apply_on_a_skewed_window_writes_the_proposal(tmp_path):
+    np.save(tmp_path / "stats.npy", window(hot=6.0))
+    np.save(tmp_path / "current.npy", uniform_current())
+    out = tmp_path / "new.npy"
+    done = run(tmp_path / "stats.npy", "--current", tmp_path / "current.npy", *GATE, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("apply the proposed placement")
+    assert "statistically clear" in done.stdout and f"wrote {out}" in done.stdout
+    written = np.load(out)
+    assert written.shape == (2, 12) and not np.array_equal(written, uniform_current())
+
+
+def test_keep_on_noise_with_the_placement_recorded_in_the_npz(tmp_path):
+    save_plumb_npz(tmp_path / "stats.npz",
+                   PlumbStats(window=window(hot=1.0, seed=3), placement=uniform_current()))
+    out = tmp_path / "new.npy"
+    done = run(tmp_path / "stats.npz", *GATE, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("keep the current placement")
+    assert "NOT statistically clear" in done.stdout and not out.exists()
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path):
+    np.save(tmp_path / "loads.npy", window(hot=6.0).sum(axis=0))
+    np.save(tmp_path / "stats.npy", window(hot=6.0))
+    np.save(tmp_path / "current.npy", uniform_current())
+    cases = [
+        ([tmp_path / "loads.npy", "--current", tmp_path / "current.npy", *GATE], "per-step"),
+        ([tmp_path / "stats.npy", *GATE], "--current"),
+        ([tmp_path / "stats.npy", "--current", tmp_path / "current.npy", *GATE,
+          "--moe-fraction", "2"], "moe_fraction"),
+    ]
+    for args, message in cases:
+        done = run(*args)
+        assert done.returncode == 2
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
