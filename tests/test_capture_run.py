@@ -111,12 +111,14 @@ def test_plumb_run_writes_exact_window_and_vllm_jsonl(workdir):
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert lines[0]["record_type"] == "eplb_load_meta" and lines[0]["num_layers"] == 3
     assert [line["expert_load"] for line in lines[1:]] == expected.tolist()
-    inspect = Path(sys.executable).parent / "plumb"
-    help_text = subprocess.run([str(inspect), "--help"], capture_output=True, text=True).stdout
-    if " inspect" in help_text:  # written by a colleague; read the file back with it too
-        shown = subprocess.run([str(inspect), "inspect", str(stats)], capture_output=True,
-                               text=True, timeout=120)
-        assert shown.returncode == 0, shown.stderr
+    # plumb inspect reads the stats file back: shape, steps and every routed token.
+    shown = subprocess.run([PLUMB, "inspect", str(stats)], capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines()[:5])
+    assert (fields["layers"], fields["experts"]) == ("3", "8")
+    assert fields["steps"].split()[0] == "5"
+    assert int(fields["tokens"].split()[0].replace(",", "")) == expected.sum()
 
 
 def test_plumb_run_writes_at_sigterm(workdir):

@@ -95,3 +95,18 @@ def test_weights_on_the_gpu_give_a_cpu_map():
     np.testing.assert_array_equal(
         phy2log.numpy(), PlumbEplbPolicy.rebalance_experts(weight.cpu(), 16, 4, 2, 8,
                                                            old.cpu()).numpy())
+
+
+def test_stats_writer_output_reads_back_through_plumb(tmp_path):
+    from plumb.integrations.vllm import stats_writer
+
+    rec = plumb.Recorder(num_layers=2, num_experts=6, window=4)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        for layer in range(2):
+            rec.record(layer, torch.randint(0, 6, (7, 2), generator=gen))
+        rec.step()
+    path = tmp_path / "eplb.jsonl"
+    assert stats_writer(path, rec, model="tiny", num_ranks=2) == 4
+    stats = plumb.read_stats(path)
+    np.testing.assert_array_equal(stats.window, rec.window().numpy())

@@ -86,3 +86,35 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_reads_vllm_jsonl_and_the_placement_it_was_recorded_under(tmp_path):
+    from plumb.capture.vllm_stats import physical_loads
+    from plumb.io.vllm import write_vllm_stats
+
+    window = lognormal_window(seed=2)  # [6, 3, 8]
+    rng = np.random.default_rng(2)
+    # 12 slots on 4 ranks, shuffled so that it differs from the start-up layout.
+    recorded = np.stack([rng.permutation(np.r_[np.arange(8), [0, 1, 2, 3]]) for _ in range(3)])
+    path = tmp_path / "eplb.jsonl"
+    write_vllm_stats(path, physical_loads(window, recorded), recorded, first_step=10,
+                     num_ranks=4)
+    out = tmp_path / "r.html"
+    result = run(path, "--nodes", 2, "-o", out)  # G from the file's meta record
+    assert result.returncode == 0, result.stderr
+    payload = payload_of(out)
+    assert payload["shape"] == {"layers": 3, "experts": 8, "ranks": 4, "steps": 6}
+    np.testing.assert_array_equal(unpack_array(payload["loads"]), window.sum(axis=0))
+    current = payload["placements"][0]
+    np.testing.assert_array_equal(unpack_array(current["phy2log"]), recorded)
+    assert current["source"] == "placement recorded in eplb.jsonl"
+    # An explicit --previous (here a vLLM mapping file) wins over the recorded placement.
+    from plumb.io import write_placement
+
+    mapping = tmp_path / "old.jsonl"
+    write_placement(mapping, np.tile(np.arange(12) % 8, (3, 1)), num_experts=8, format="vllm")
+    result = run(path, "--previous", mapping, "-o", out)
+    assert result.returncode == 0, result.stderr
+    current = payload_of(out)["placements"][0]
+    assert unpack_array(current["phy2log"]).tolist() == [list(np.arange(12) % 8)] * 3
+    assert current["source"] == str(mapping)

@@ -51,9 +51,9 @@ def test_bench_robust_smoke(tmp_path, capsys):
 
 
 def test_gate_rates_on_a_small_shape():
-    rates = bench.gate_rates(shape("mixtral"), steps=16, seeds=2, noise_seeds=4)
-    assert rates == {"seeds": 2, "noise_seeds": 4, "balanced": 0.0, "skewed": 1.0,
-                     "noise": 0.0}
+    rates = bench.gate_rates(shape("olmoe"), steps=32, seeds=2, noise_seeds=20)
+    assert rates["balanced"] == 0.0 and rates["skewed"] == 1.0
+    assert rates["noise"] <= bench.TARGET_FALSE_POSITIVE
     lines = bench.targets([], rates)
     assert len(lines) == 3 and all(line.endswith("— met") for line in lines)
     assert "NOT met" in bench.targets([], dict(rates, noise=0.06))[2]

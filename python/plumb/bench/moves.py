@@ -35,6 +35,9 @@ from .results import markdown_table, median_seconds, write_section
 from .workloads import SHAPES, Shape, lognormal_popularity, sample_window, tokens_per_step
 
 TARGET_MOVE_RATIO = 0.5
+# Whole-model solve time for the movement-aware modes on this shape (issue 5 follow-up).
+TARGET_SOLVE_MS = 100.0
+SPEED_SHAPE = "dsv3-decode"
 SMALL_DRIFT_SIGMA = 0.075
 SCENARIOS = ("small drift", "reshuffle")
 BUDGET_FRACTIONS = (0.005, 0.02, 0.08)
@@ -178,6 +181,25 @@ def _verdicts(rows: List[list]) -> List[str]:
     return lines
 
 
+def _speed_verdicts(shp: Shape, steps: int, seed: int, repeats: int) -> List[str]:
+    """Median whole-model solve time of the load_slack and move_budget configurations on one
+    small-drift rebalance of ``shp`` against the target."""
+    topo = shp.topology()
+    rng = np.random.default_rng(seed)
+    pop = lognormal_popularity(shp.num_layers, shp.num_experts, 1.0, rng)
+    common = dict(num_redundant=shp.num_redundant, num_groups=shp.num_groups,
+                  hierarchy=shp.hierarchy)
+    previous = solve(_window(shp, pop, steps, rng), topo, **common).phy2log
+    loads = _window(shp, _popularity(shp, "small drift", pop, rng), steps, rng)
+    lines = []
+    for name, kwargs in _methods(shp.num_layers * shp.num_slots)[1:]:
+        seconds = median_seconds(lambda: solve(loads, topo, previous=previous, **common,
+                                               **kwargs), repeats)
+        verdict = "met" if seconds * 1e3 < TARGET_SOLVE_MS else "NOT met"
+        lines.append(f"- `{name}`: {verdict}: {seconds * 1e3:.1f} ms")
+    return lines
+
+
 def _plan_and_executor(last_plans: Dict[str, tuple], expert_mib: float, quick: bool) -> str:
     import torch
 
@@ -237,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
             rows += _scenario_rows(by_name[name], scenario, rounds, args.steps,
                                    args.seed + index, expert_bytes[name], last_plans)
     moves_table = markdown_table(HEADERS, rows)
+    speed_repeats = 2 if args.quick else 5
     executor_table = _plan_and_executor(last_plans, args.expert_mib / (4 if args.quick else 1),
                                         args.quick)
     text = "\n".join([
@@ -247,6 +270,11 @@ def run(args: argparse.Namespace) -> int:
         "", moves_table, "",
         f"Target (issue 5): moves <= {TARGET_MOVE_RATIO:.0%} of the baseline at equal-or-"
         "better balancedness on small drift:", *_verdicts(rows), "",
+        *([f"Target (issue 5 follow-up): whole-model solve < {TARGET_SOLVE_MS:g} ms with "
+           f"load_slack / move_budget on {SPEED_SHAPE} (median of {speed_repeats} solves of "
+           "one small-drift rebalance; 2 shared CPUs):",
+           *_speed_verdicts(by_name[SPEED_SHAPE], args.steps, args.seed, speed_repeats), ""]
+          if SPEED_SHAPE in names else []),
         "Plan time and in-process executor throughput (plumb previous= plan of the last "
         "reshuffle rebalance; executor on CPU bf16, the first 4 layers, median of timed runs, "
         f"{args.expert_mib / (4 if args.quick else 1):g} MiB per expert):",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .inspect import add_input_arguments, read_input
+from .topology_args import add_topology_arguments, topology_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--current", type=Path, metavar="OLD",
                         help="current placement (any placement format; default: the one "
                              "recorded in INPUT)")
-    parser.add_argument("--ranks", type=int, metavar="G",
-                        help="ranks (GPUs); default: the input's num_ranks")
-    parser.add_argument("--nodes", type=int, metavar="N", help="nodes, ranks split evenly")
-    parser.add_argument("--numa", type=int, default=1, metavar="M",
-                        help="NUMA domains per node (default: %(default)s)")
-    parser.add_argument("--topology", type=Path, metavar="JSON",
-                        help="topology JSON file instead of --nodes/--numa")
+    add_topology_arguments(parser)
     parser.add_argument("--groups", type=int, default=1, metavar="K",
                         help="expert groups (default: %(default)s)")
     parser.add_argument("--bytes-per-expert", type=int, required=True, metavar="B",
@@ -61,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     import plumb
     from ..io import read_placement, write_placement
     from ..topology import as_topology
-    from .report import _topology
 
     stats = read_input(args)
     if stats.window is None:
@@ -73,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         current = stats.placement
     else:
         raise InputError(f"{args.input} records no placement; pass --current OLD")
-    if args.nodes is not None and args.nodes < 1:
-        raise InputError(f"--nodes must be >= 1, got {args.nodes}")
-    topo = as_topology(_topology(args, stats.meta))
+    topo = as_topology(topology_from_args(args, stats.meta))
     rec = plumb.recommend(current, stats.window, topo, bytes_per_expert=args.bytes_per_expert,
                           step_time_s=args.step_time_ms / 1e3, moe_fraction=args.moe_fraction,
                           horizon_steps=args.horizon_steps, confidence=args.confidence,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
-from ..errors import InputError
+from .topology_args import add_topology_arguments, topology_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,24 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "one self-contained HTML page: summary cards, per-layer charts, heat maps, a "
                     "layer view; per-step charts when INPUT is a window; traffic by link level "
                     "with --nodes/--numa/--topology. Without --placement plumb solves one; "
-                    "without --previous the current placement is the engines' start-up layout "
-                    "(slot p holds expert p mod E).",
+                    "without --previous the current placement is the one INPUT was recorded "
+                    "under (vLLM p2l_map, plumb .npz placement), else the engines' start-up "
+                    "layout (slot p holds expert p mod E).",
         epilog="example: plumb report stats.npz --ranks 32 --nodes 4 --redundant 32 -o report.html")
-    parser.add_argument("input", type=Path, help="load statistics: plumb .npz or a .npy matrix "
-                        "[L, E] / window [T, L, E]")
+    parser.add_argument("input", type=Path,
+                        help="load statistics in any format plumb reads (plumb .npz, vLLM "
+                             "JSONL, SGLang .pt/.json, TensorRT-LLM directory, .npy/.csv)")
     parser.add_argument("--placement", type=Path, metavar="P",
-                        help="proposed placement, phy2log [L, P] .npy (default: plumb solves)")
+                        help="proposed placement, any placement format plumb reads "
+                             "(default: plumb solves)")
     parser.add_argument("--previous", type=Path, metavar="OLD",
-                        help="current placement, phy2log [L, P] .npy")
+                        help="current placement, any placement format plumb reads")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                         help="HTML file to write")
-    parser.add_argument("--ranks", type=int, metavar="G",
-                        help="ranks (GPUs); default: the input's metadata or --topology")
-    parser.add_argument("--nodes", type=int, metavar="N",
-                        help="nodes, ranks split evenly (adds the traffic section)")
-    parser.add_argument("--numa", type=int, default=1, metavar="M",
-                        help="NUMA domains per node (default: %(default)s)")
-    parser.add_argument("--topology", type=Path, metavar="JSON", help="topology JSON file")
+    add_topology_arguments(parser)
     parser.add_argument("--redundant", type=int, metavar="R",
                         help="redundant slots when solving (default: from --previous, else 0)")
     parser.add_argument("--groups", type=int, default=1, metavar="K",
@@ -48,63 +45,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _topology(args: argparse.Namespace, meta: Mapping[str, Any]) -> Any:
-    """A Topology from --topology or --nodes/--numa, else the int G (no traffic section)."""
-    from ..topology import Topology
-
-    if args.topology is not None:
-        if args.nodes is not None:
-            raise InputError("give --topology or --nodes, not both")
-        topo = Topology.from_json(args.topology)
-        if args.ranks is not None and args.ranks != topo.num_ranks:
-            raise InputError(f"--ranks {args.ranks} disagrees with {args.topology} "
-                             f"({topo.num_ranks} ranks)")
-        return topo
-    ranks = args.ranks if args.ranks is not None else meta.get("num_ranks")
-    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
-        raise InputError("--ranks G is required (the input's metadata names no num_ranks)")
-    if args.nodes is None:
-        return ranks
-    if args.nodes < 1 or ranks % args.nodes:
-        raise InputError(f"--nodes {args.nodes} must divide the {ranks} ranks")
-    return Topology.cluster(nodes=args.nodes, gpus_per_node=ranks // args.nodes,
-                            numa_per_node=args.numa)
-
-
-def _load_array(path: Path, what: str) -> Any:
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read {what} as .npy ({err})") from None
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..io.npz import load_plumb_npz
+    from ..io import read_placement, read_stats
     from ..report import report
 
-    traffic, meta = None, {}
-    if args.input.suffix == ".npz":
-        stats = load_plumb_npz(args.input)
-        loads = stats.window if stats.window is not None else stats.loads
-        traffic, meta = stats.traffic, stats.meta
-    else:
-        loads = _load_array(args.input, "loads")
-    topo = _topology(args, meta)
+    stats = read_stats(args.input)
+    loads = stats.window if stats.window is not None else stats.loads
+    topo = topology_from_args(args, stats.meta)
     placement: Optional[Any] = None
-    previous: Optional[Any] = None
     if args.placement is not None:
-        placement = _load_array(args.placement, "the placement")
+        placement = read_placement(args.placement)
+    previous, previous_source = stats.placement, f"placement recorded in {args.input.name}"
     if args.previous is not None:
-        previous = _load_array(args.previous, "the previous placement")
+        previous, previous_source = read_placement(args.previous), str(args.previous)
+    elif previous is None:
+        previous_source = None
     solve_kwargs = {"num_groups": args.groups, "policy": args.policy}
     if args.redundant is not None:
         solve_kwargs["num_redundant"] = args.redundant
-    report(loads, topo, placement, previous, traffic=traffic, output=args.output, png=args.png,
-           title=args.title or args.input.name, bytes_per_expert=args.bytes_per_expert,
+    report(loads, topo, placement, previous, traffic=stats.traffic, output=args.output,
+           png=args.png, title=args.title or args.input.name,
+           bytes_per_expert=args.bytes_per_expert,
            placement_source=None if args.placement is None else str(args.placement),
-           previous_source=None if args.previous is None else str(args.previous),
-           **solve_kwargs)
+           previous_source=previous_source, **solve_kwargs)
     print(f"plumb report: wrote {args.output}")
     return 0

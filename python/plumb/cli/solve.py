@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from .inspect import add_input_arguments, expert_skew, read_input
+from .topology_args import add_topology_arguments, positive_meta, topology_from_args
 
 EXAMPLE = "example"
 
@@ -41,14 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"example: plumb solve {EXAMPLE} --ranks 8 --redundant 8 -o mapping.jsonl")
     parser.add_argument("input", help=f"statistics file or directory, or '{EXAMPLE}'")
     add_input_arguments(parser)
-    parser.add_argument("--ranks", type=int, metavar="G",
-                        help="ranks (GPUs); default: the input's num_ranks")
-    parser.add_argument("--nodes", type=int, metavar="N",
-                        help="nodes, ranks split evenly (default: the input's num_nodes, else 1)")
-    parser.add_argument("--numa", type=int, default=1, metavar="M",
-                        help="NUMA domains per node (default: %(default)s)")
-    parser.add_argument("--topology", type=Path, metavar="JSON",
-                        help="topology JSON file instead of --nodes/--numa")
+    add_topology_arguments(parser)
     parser.add_argument("--redundant", type=int, metavar="R",
                         help="redundant slots per layer, P = E + R (default: from --previous or "
                              "the input, else 0)")
@@ -70,27 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _positive_meta(meta: Dict[str, Any], key: str) -> Optional[int]:
-    value = meta.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _resolve(args: argparse.Namespace, meta: Dict[str, Any]) -> Any:
-    """The Topology (or int G) from the arguments, falling back on the input's metadata."""
-    from .report import _topology
-
-    if args.nodes is None and args.topology is None:
-        nodes = _positive_meta(meta, "num_nodes")
-        ranks = args.ranks if args.ranks is not None else _positive_meta(meta, "num_ranks")
-        if nodes and nodes > 1 and ranks and ranks % nodes == 0:
-            args.nodes = nodes
-    if args.nodes is not None and args.nodes < 1:
-        raise InputError(f"--nodes must be >= 1, got {args.nodes}")
-    if args.numa < 1:
-        raise InputError(f"--numa must be >= 1, got {args.numa}")
-    return _topology(args, meta)
-
-
 def run(args: argparse.Namespace) -> int:
     import plumb
     from ..io import read_placement, write_placement
@@ -108,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     meta = stats.meta
     weights = stats.aggregated_loads()
     num_layers, num_experts = weights.shape
-    topo = as_topology(_resolve(args, meta))
+    topo = as_topology(topology_from_args(args, meta))
 
     current, current_name = None, None
     if args.previous is not None:
@@ -119,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if redundant is None:
         redundant = (current.shape[1] - num_experts if current is not None
                      else meta.get("num_redundant_experts", 0))
-    groups = args.groups if args.groups is not None else (_positive_meta(meta, "num_groups") or 1)
+    groups = args.groups if args.groups is not None else (positive_meta(meta, "num_groups") or 1)
     traffic = stats.traffic
     if traffic is not None and np.shape(traffic)[-2] != topo.num_ranks:
         traffic = None

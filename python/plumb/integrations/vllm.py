@@ -11,13 +11,19 @@ simplest registration replaces the default entry before the engine starts::
 
 vLLM then calls ``PlumbEplbPolicy.rebalance_experts(load_window_sum, num_replicas,
 num_groups, num_nodes, num_ranks, current_phy2log)`` at each rearrangement.
+
+``stats_writer(path, recorder, ...)`` writes a ``plumb.Recorder``'s window as the offline-EPLB
+load statistics JSONL that vLLM's offline tooling (and ``plumb solve``) reads.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..capture.vllm_stats import stats_writer
 from ._common import engine_groups, engine_redundant, engine_topology, optional_previous
+
+__all__ = ["PlumbEplbPolicy", "stats_writer"]
 
 
 class PlumbEplbPolicy:

@@ -92,27 +92,60 @@ def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_lo
 
 
 @njit(cache=True, nogil=True)
+def _single_ranks(rep, cnt, slots):
+    """int64 [E]: the rank of each expert's only replica, -1 for replicated experts."""
+    num_experts = cnt.shape[0]
+    out = np.full(num_experts, -1, dtype=np.int64)
+    for e in range(num_experts):
+        if cnt[e] == 1:
+            out[e] = rep[e, 0] // slots
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _route_model(phy2log, slots, weights, tokens, share, cost, level, nearest, rank_loads,
                  traffic_cost, level_tokens):
-    """Every layer: rank loads [L, G], traffic cost [L] and tokens per level [L, 4] (outputs)."""
+    """Every layer: rank loads [L, G], traffic cost [L] and tokens per level [L, 4] (outputs).
+
+    Experts with one replica (most of them) are routed source by source over contiguous rows
+    of ``tokens``; replicated experts go through ``expert_routing``.
+    """
     num_layers, num_slots = phy2log.shape
     num_experts = weights.shape[1]
+    num_ranks = cost.shape[0]
     ranks = np.empty(num_slots, dtype=np.int64)
     rep_load = np.empty(num_slots, dtype=np.float64)
     for layer in range(num_layers):
         rep, cnt = replica_lists(phy2log[layer], num_experts)
-        rank_loads[layer, :] = 0.0
-        level_tokens[layer, :] = 0.0
+        single = _single_ranks(rep, cnt, slots)
+        loads = rank_loads[layer]
+        per_level = level_tokens[layer]
+        loads[:] = 0.0
+        per_level[:] = 0.0
         cost_sum = 0.0
+        for s in range(num_ranks):
+            tok = tokens[layer, s]
+            for e in range(num_experts):
+                r = single[e]
+                if r < 0:
+                    continue
+                cost_sum += tok[e] * cost[s, r]
+                per_level[level[s, r]] += tok[e]
+                if nearest:
+                    loads[r] += weights[layer, e] * share[layer, s, e]
         for e in range(num_experts):
             c = cnt[e]
+            if c == 1:
+                if not nearest:
+                    loads[single[e]] += weights[layer, e]
+                continue
             for i in range(c):
                 ranks[i] = rep[e, i] // slots
             cost_sum += expert_routing(ranks, c, weights[layer, e], tokens[layer, :, e],
                                        share[layer, :, e], cost, level, nearest, rep_load,
-                                       level_tokens[layer])
+                                       per_level)
             for i in range(c):
-                rank_loads[layer, ranks[i]] += rep_load[i]
+                loads[ranks[i]] += rep_load[i]
         traffic_cost[layer] = cost_sum
 
 
@@ -127,13 +160,19 @@ def _routing_table_model(phy2log, slots, num_experts, cost, table):
     num_ranks = cost.shape[0]
     for layer in range(num_layers):
         rep, cnt = replica_lists(phy2log[layer], num_experts)
+        ranks = np.empty(rep.shape[1], dtype=np.int64)
         for e in range(num_experts):
             c = cnt[e]
+            if c == 1:
+                table[layer, :, e] = rep[e, 0]
+                continue
+            for i in range(c):
+                ranks[i] = rep[e, i] // slots
             for s in range(num_ranks):
                 best = np.inf
                 ties = 0
                 for i in range(c):
-                    v = cost[s, rep[e, i] // slots]
+                    v = cost[s, ranks[i]]
                     if v < best:
                         best = v
                         ties = 1
@@ -141,7 +180,7 @@ def _routing_table_model(phy2log, slots, num_experts, cost, table):
                         ties += 1
                 pick = s % ties
                 for i in range(c):
-                    if cost[s, rep[e, i] // slots] == best:
+                    if cost[s, ranks[i]] == best:
                         if pick == 0:
                             table[layer, s, e] = rep[e, i]
                             break

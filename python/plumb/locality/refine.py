@@ -6,9 +6,10 @@ replicas):
 
 1. re-packing (plumb.locality.repack): the same replicas packed again nodes first (NUMA
    domains first on a single node), each replica pinned towards the node whose sources send
-   it the most. Pinning levels (``PIN_FILLS``) are tried from the most pinned down; the
-   first packing whose every rank stays within the cap and whose traffic drops is taken. This
-   is what moves expert groups across nodes when the balanced solution is tight.
+   it the most. Pinning levels (``PIN_FILLS``) are tried from the most pinned down (at most
+   ``_MAX_PACKINGS``); the first packing whose every rank stays within the cap and whose
+   traffic drops is taken. This is what moves expert groups across nodes when the balanced
+   solution is tight.
 2. swap search: swaps of two slots' experts between ranks (slots per rank and replica counts
    stay fixed, so the placement invariants hold by construction). ``move[p, g]`` is the exact
    change of the layer's traffic cost if the replica in slot p alone moved to rank g; traffic
@@ -18,7 +19,9 @@ replicas):
    sees sources re-routing, so it spreads the replicas of an expert over the nodes and domains
    whose sources use it. A swap is taken only if every rank whose load rises stays within the
    cap; for each slot in order the best feasible swap is applied, and sweeps repeat until none
-   improves or ``max_sweeps``. Swaps never put a second replica of an expert on a rank.
+   gains more than ``_MIN_GAIN`` of the layer's traffic cost or ``max_sweeps``. Target ranks
+   are visited best bound first, so the search stops as soon as no rank left can beat the
+   best swap found. Swaps never put a second replica of an expert on a rank.
 
 Hierarchical layers (``keep_node``) skip the re-packing and only swap within a node: the
 group-to-node packing that group-limited routing relies on stays intact and the pass improves
@@ -39,8 +42,12 @@ from .dispatch import expert_routing, prepare, replica_lists
 from .repack import PIN_FILLS, node_preferences, repack_layer
 from .traffic import NEAREST, as_load_slack
 
-# Gains below this fraction of the layer's traffic cost are treated as ties (float noise).
-_REL_EPS = 1e-4
+# Swaps gaining less than this fraction of the layer's traffic cost are not taken: thousands
+# of such swaps per layer (NUMA reshuffles, multinomial noise) cost most of the search time
+# and move the cross-node share by well under 1%.
+_MIN_GAIN = 1e-4
+# Re-packings tried per layer (the first levels of PIN_FILLS).
+_MAX_PACKINGS = 4
 
 
 @njit(cache=True, nogil=True)
@@ -53,59 +60,127 @@ def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost
     (tokens per level are not tracked here).
     """
     c = cnt[e]
+    if not nearest or c == 1:
+        return _spread_cost(e, rep, c, slots, weights[e], token_cost, ranks, rep_load)
     for i in range(c):
         ranks[i] = rep[e, i] // slots
-    if not nearest:
-        # Even dispatch: each replica serves 1/c of every source, O(c) from token_cost.
-        total = 0.0
-        for i in range(c):
-            rep_load[i] = weights[e] / c
-            total += token_cost[e, ranks[i]]
-        return total / c
     return expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, nearest, rep_load,
                           no_levels)
 
 
 @njit(cache=True, nogil=True)
-def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, now, token_cost,
-                  move, shift, ranks, rep_load, no_levels):
+def _spread_cost(e, rep, c, slots, weight, token_cost, ranks, rep_load):
+    """``_route_expert`` when each of e's c replicas serves 1/c of every source (even
+    dispatch, or a lone replica under nearest): O(c) from token_cost.
+
+    Few array arguments on purpose: the callers run it for every expert, and each array
+    passed to a numba function costs reference counting on every call.
+    """
+    total = 0.0
+    for i in range(c):
+        ranks[i] = rep[e, i] // slots
+        rep_load[i] = weight / c
+        total += token_cost[e, ranks[i]]
+    return total / c
+
+
+@njit(cache=True, nogil=True)
+def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, nearest, now, token_cost, move,
+                  shift, ranks):
     """Fills ``move[p, :]`` (and ``shift[p, :, :c]`` under nearest) for each replica p of e.
 
     ``now`` is e's current traffic cost; ``token_cost[e, g]`` the cost of all of e's tokens
     served on rank g. ``shift[p, g, k]``: load of e's k-th replica (in ``rep`` order) if
     replica p alone moved to rank g, so that a swap's exact rank loads cost O(replicas) to check.
     """
-    num_ranks = cost.shape[0]
     c = cnt[e]
     if not nearest or c == 1:
-        # Even dispatch: a replica carries 1/c of every source's tokens wherever it sits; so
-        # does a lone replica under nearest dispatch (O(G) instead of re-routing per rank).
-        for i in range(c):
-            p = rep[e, i]
-            here = token_cost[e, p // slots]
-            for g in range(num_ranks):
-                move[p, g] = (token_cost[e, g] - here) / c
+        _spread_moves(e, rep, c, slots, token_cost, move)
         if nearest:
-            ranks[0] = rep[e, 0] // slots
-            expert_routing(ranks, 1, weights[e], tok[e], shr[e], cost, level, True, rep_load,
-                           no_levels)
-            # The same sum wherever the replica sits: bit-identical to its current load.
-            shift[rep[e, 0], :, 0] = rep_load[0]
+            # All of e's load wherever the replica sits, as _route_expert counts it.
+            shift[rep[e, 0], :, 0] = weights[e]
         return
-    for i in range(c):
-        ranks[i] = rep[e, i] // slots
+    _nearest_moves(e, rep, c, slots, weights[e], tok[e], shr[e], cost, now, move, shift,
+                   ranks)
+
+
+@njit(cache=True, nogil=True)
+def _spread_moves(e, rep, c, slots, token_cost, move):
+    """``_expert_moves`` when a replica carries 1/c of every source's tokens wherever it sits
+    (even dispatch, or a lone replica under nearest): O(G) per replica."""
     for i in range(c):
         p = rep[e, i]
-        home = ranks[i]
+        here = token_cost[e, p // slots]
+        for g in range(token_cost.shape[1]):
+            move[p, g] = (token_cost[e, g] - here) / c
+
+
+@njit(cache=True, nogil=True)
+def _nearest_moves(e, rep, c, slots, weight, tok, shr, cost, now, move, shift, ranks):
+    """``_expert_moves`` under nearest dispatch for an expert with c >= 2 replicas.
+
+    For replica i, each source's nearest cost among the other replicas (and which of them
+    tie there) is found once; moving i to rank g then only changes the sources for which g is
+    at least as close, so each target rank costs O(G) instead of re-routing all replicas.
+    Uses the cost matrix's rows (cost[s, g] is what a token from s pays on rank g).
+    tok, shr: float64 [G], the expert's tokens and source shares.
+    """
+    num_ranks = cost.shape[0]
+    nearest_other = np.empty(num_ranks, dtype=np.float64)
+    num_tied = np.empty(num_ranks, dtype=np.int64)
+    tied = np.empty((num_ranks, c), dtype=np.int64)
+    without = np.empty(c, dtype=np.float64)
+    total = np.empty(num_ranks, dtype=np.float64)
+    for k in range(c):
+        ranks[k] = rep[e, k] // slots
+    for i in range(c):
+        p = rep[e, i]
+        # Loads of the other replicas if replica i were gone.
+        without[:c] = 0.0
+        for s in range(num_ranks):
+            best = np.inf
+            t = 0
+            for j in range(c):
+                if j == i:
+                    continue
+                v = cost[s, ranks[j]]
+                if v < best:
+                    best = v
+                    t = 0
+                if v == best:
+                    tied[s, t] = j
+                    t += 1
+            nearest_other[s] = best
+            num_tied[s] = t
+            part = weight * shr[s] / t
+            for k in range(t):
+                without[tied[s, k]] += part
+        # Source-major over contiguous cost rows: the cost of every target at once
+        # (branch-free), loads only where the target is at least as close as the others.
+        total[:] = 0.0
+        for k in range(c):
+            shift[p, :, k] = without[k]
+        shift[p, :, i] = 0.0
+        for s in range(num_ranks):
+            best = nearest_other[s]
+            row = cost[s]
+            for g in range(num_ranks):
+                total[g] += tok[s] * min(row[g], best)
+            t = num_tied[s]
+            whole = weight * shr[s]
+            for g in range(num_ranks):
+                x = row[g]
+                if x > best:
+                    continue
+                # Replica i takes all of source s (closer) or an equal part of it (tied).
+                kept = 0.0 if x < best else whole / (t + 1)
+                shift[p, g, i] += whole - kept * t
+                for k in range(t):
+                    shift[p, g, tied[s, k]] -= whole / t - kept
         for g in range(num_ranks):
-            ranks[i] = g
-            moved = expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, True,
-                                   rep_load, no_levels)
-            # Same inputs give bit-identical sums, so staying put is exactly 0.
-            move[p, g] = moved - now
-            for k in range(c):
-                shift[p, g, k] = rep_load[k]
-        ranks[i] = home
+            move[p, g] = total[g] - now
+        # Staying put changes nothing (exactly, whatever the float order above).
+        move[p, ranks[i]] = 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -119,8 +194,12 @@ def _layer_state(slot_e, slots, weights, tok, shr, cost, level, token_cost, near
     load[:] = 0.0
     total = 0.0
     for e in range(weights.shape[0]):
-        total += _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost,
-                               nearest, ranks, rep_load, no_levels)
+        if nearest and cnt[e] > 1:
+            total += _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level,
+                                   token_cost, nearest, ranks, rep_load, no_levels)
+        else:
+            total += _spread_cost(e, rep, cnt[e], slots, weights[e], token_cost, ranks,
+                                  rep_load)
         for i in range(cnt[e]):
             load[ranks[i]] += rep_load[i]
     return total
@@ -175,17 +254,28 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
         has[p // slots, slot_e[p]] += 1
     load = np.zeros(num_ranks, dtype=np.float64)
     for e in range(num_experts):
-        ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost,
-                                 nearest, ranks, rep_load, no_levels)
+        if nearest and cnt[e] > 1:
+            ecost[e] = _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level,
+                                     token_cost, nearest, ranks, rep_load, no_levels)
+        else:
+            ecost[e] = _spread_cost(e, rep, cnt[e], slots, weights[e], token_cost, ranks,
+                                    rep_load)
         for i in range(cnt[e]):
             slot_load[rep[e, i]] = rep_load[i]
             load[rep[e, i] // slots] += rep_load[i]
     move = np.zeros((num_slots, num_ranks), dtype=np.float64)
     shift = np.zeros((num_slots if nearest else 1, num_ranks, max_c), dtype=np.float64)
     for e in range(num_experts):
-        _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest, ecost[e],
-                      token_cost, move, shift, ranks, rep_load, no_levels)
-    eps = _REL_EPS * (ecost.sum() + 1.0)
+        if nearest and cnt[e] > 1:
+            _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, nearest, ecost[e],
+                          token_cost, move, shift, ranks)
+        else:
+            _spread_moves(e, rep, cnt[e], slots, token_cost, move)
+    if nearest:
+        for e in range(num_experts):
+            if cnt[e] == 1:
+                shift[rep[e, 0], :, 0] = weights[e]
+    eps = _MIN_GAIN * (ecost.sum() + 1.0)
     min_move = np.empty((num_ranks, num_ranks), dtype=np.float64)
     for r in range(num_ranks):
         _rank_min_moves(move, r, slots, min_move)
@@ -222,12 +312,16 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
                     continue
                 open_ranks[n_open] = g2
                 n_open += 1
-            visit = np.argsort(-bound[:n_open], kind="mergesort")
-            for k_open in range(n_open):
+            for _ in range(n_open):
+                pick = 0
+                for k_open in range(1, n_open):
+                    if bound[k_open] > bound[pick]:
+                        pick = k_open
                 # Ties at the bound may still win on the lowest-slot rule: stop only below it.
-                if bound[visit[k_open]] < best_gain:
+                if bound[pick] < best_gain:
                     break
-                g2 = open_ranks[visit[k_open]]
+                bound[pick] = -np.inf
+                g2 = open_ranks[pick]
                 start = 0
                 high = np.inf
                 if not nearest:
@@ -250,7 +344,8 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
                     # Equal gains go to the lowest slot, whatever order the slots come in.
                     if gain < best_gain or (gain == best_gain and (best_q < 0 or q > best_q)):
                         continue
-                    if not nearest:
+                    if not nearest or (cnt[e1] == 1 and cnt[e2] == 1):
+                        # Lone replicas route like even dispatch: only g1 and g2 change.
                         new1 = load[g1] - slot_load[p] + slot_load[q]
                         new2 = load[g2] - slot_load[q] + slot_load[p]
                         if (new1 > load[g1] and new1 > limit[g1]) or (
@@ -311,8 +406,8 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
                 for i in range(cnt[e]):
                     slot_load[rep[e, i]] = rep_load[i]
                     load[rep[e, i] // slots] += rep_load[i]
-                _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, level, nearest,
-                              ecost[e], token_cost, move, shift, ranks, rep_load, no_levels)
+                _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, nearest, ecost[e],
+                              token_cost, move, shift, ranks)
             # Moves changed on the ranks of e1's and e2's replicas (p and q among them).
             for e in (e1, e2):
                 for i in range(cnt[e]):
@@ -382,8 +477,11 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                     k += 1
             pref = node_preferences(token_cost[layer], group_ranks)
             stacked = _stacked(row, slots)
-            # The most pinning whose packing fits the cap: tight layers need more free replicas.
-            for pin_fill in PIN_FILLS:
+            # The most pinning whose packing fits the cap: tight layers need more free
+            # replicas. At zero slack whether a packing lands exactly within the cap is
+            # close to a coin flip per level, so a layer where _MAX_PACKINGS levels all
+            # miss is left to the swap search rather than packed at every level.
+            for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
                 # Distinct ranks for every replica are possible iff no expert has more than G.
                 repack_layer(row, slots, item_w, cnt, pref, speed, group_ranks, nearest,
                              cnt.max() <= num_ranks, pin_fill, candidate)

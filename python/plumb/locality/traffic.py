@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+from numba import njit
 
 from ..errors import InputError
 
@@ -83,6 +84,22 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
         tokens = np.repeat((weights / num_ranks)[:, None, :], num_ranks, axis=1)
         share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
         return np.ascontiguousarray(tokens), share
-    totals = traffic.sum(axis=1, keepdims=True)
-    share = np.where(totals > 0, traffic / np.where(totals > 0, totals, 1.0), 1.0 / num_ranks)
-    return traffic, np.ascontiguousarray(share)
+    share = np.empty_like(traffic)
+    _source_shares(traffic, share)
+    return traffic, share
+
+
+@njit(cache=True, nogil=True)
+def _source_shares(traffic, share):
+    """share[l, s, e] = traffic[l, s, e] / sum over s (1 / G where the sum is 0); float64
+    [L, G, E] each. One pass over contiguous rows instead of several numpy temporaries."""
+    num_layers, num_ranks, num_experts = traffic.shape
+    totals = np.empty(num_experts, dtype=np.float64)
+    for layer in range(num_layers):
+        totals[:] = 0.0
+        for s in range(num_ranks):
+            totals += traffic[layer, s]
+        for s in range(num_ranks):
+            for e in range(num_experts):
+                total = totals[e]
+                share[layer, s, e] = traffic[layer, s, e] / total if total > 0 else 1.0 / num_ranks

@@ -4,6 +4,8 @@
   (maximum-weight assignment, ``assignment``).
 - ``slots``: an expert that stays on its rank keeps its slot.
 - ``refine``: swap replicas back to the ranks that held them, within the load cap.
+- ``repair``: move only what overloads the previous placement, down to the balanced max load
+  (kept per layer where it moves less than the steps above).
 - ``budget``: incremental rebalancing under ``move_budget=``.
 - ``options``: validation of ``move_budget=`` and ``layers=``; ``pipeline`` chains the steps;
   ``solve_pass`` runs them inside ``plumb.solve``.

@@ -115,6 +115,13 @@ def _replace_effect(q, x, row, counts, weights, speed, slots, times, order, stam
 
 
 @njit(cache=True, nogil=True)
+def _cannot_beat(best, cost, gain_bound):
+    """Whether a step of this cost, whose level-2 gain is at most gain_bound, surely loses
+    to the level-2 step in ``best`` (a level-1 step loses to it whatever its gain)."""
+    return best[_SLOT] >= 0 and best[_LEVEL] == 2 and not _better(2, cost, gain_bound, best)
+
+
+@njit(cache=True, nogil=True)
 def _offer(best, slot, kind, arg, level, gain, cost):
     """Keeps the step in ``best`` if it helps (level > 0) and beats the one there."""
     if level > 0 and _better(level, cost, gain, best):
@@ -161,39 +168,64 @@ def _best_step(row, counts, held, resident, weights, speed, slots, afford, times
     below = top * (1.0 - _TIE)
     touched = np.empty(2 * num_ranks + 1, np.int64)
     stamp = mark.max()
+    # Experts whose other replicas would reach the max if one of theirs left: the rank losing
+    # it is exempt, so record how many holders block and the first one.
+    blockers = np.zeros(num_experts, np.int64)
+    blocker = np.empty(num_experts, np.int64)
+    for e in range(num_experts):
+        if counts[e] < 2:
+            continue
+        rise = weights[e] / (counts[e] - 1) - weights[e] / counts[e]
+        for k in range(starts[e], starts[e + 1]):
+            r = members[k] // slots
+            # The busiest rank also loses x's share: only the exact effect can judge it.
+            if r != busiest and times[r] + held[r, e] * rise / speed[r] >= below:
+                if blockers[e] == 0:
+                    blocker[e] = r
+                if blockers[e] == 0 or blocker[e] != r:
+                    blockers[e] += 1
+    share = np.empty(num_experts)
+    for e in range(num_experts):
+        share[e] = weights[e] / counts[e] if counts[e] > 0 else 0.0
     for p in range(first, first + slots):
         x = row[p]
-        sx = weights[x] / counts[x]
+        sx = share[x]
         stay_x = 0 if resident[busiest, x] else 1
-        # Swaps with lighter replicas elsewhere.
-        for q in range(num_slots):
-            r2 = q // slots
-            y = row[q]
-            if r2 == busiest or held[r2, x] > 0 or held[busiest, y] > 0:
+        # Swaps with lighter replicas elsewhere, on ranks that stay below the max.
+        for r2 in range(num_ranks):
+            if (r2 == busiest or held[r2, x] > 0 or times[r2] >= below
+                    or (same_node and node_of_rank[r2] != node)):
                 continue
-            if same_node and node_of_rank[r2] != node:
-                continue
-            sy = weights[y] / counts[y]
-            if sy >= sx:
-                continue
-            cost = ((0 if resident[busiest, y] else 1) + (0 if resident[r2, x] else 1)
-                    - stay_x - (0 if resident[r2, y] else 1))
-            if cost > afford:
-                continue
-            new_busiest = times[busiest] + (sy - sx) / speed[busiest]
-            new_other = times[r2] + (sx - sy) / speed[r2]
-            unaff = 0.0
-            for k in range(num_ranks):
-                if order[k] != busiest and order[k] != r2:
-                    unaff = times[order[k]]
-                    break
-            level, gain = _judge(top, max(new_busiest, new_other), unaff, new_busiest)
-            _offer(best, p, _SWAP, q, level, gain, cost)
+            for q in range(r2 * slots, (r2 + 1) * slots):
+                y = row[q]
+                sy = share[y]
+                if sy >= sx or held[busiest, y] > 0:
+                    continue
+                cost = ((0 if resident[busiest, y] else 1) + (0 if resident[r2, x] else 1)
+                        - stay_x - (0 if resident[r2, y] else 1))
+                if cost > afford:
+                    continue
+                new_busiest = times[busiest] + (sy - sx) / speed[busiest]
+                new_other = times[r2] + (sx - sy) / speed[r2]
+                if new_other >= below:
+                    continue
+                # order[0] is the busiest rank: the busiest other one is order[1] or order[2].
+                unaff = 0.0
+                if num_ranks > 2:
+                    unaff = times[order[2]] if order[1] == r2 else times[order[1]]
+                elif num_ranks == 2 and order[1] != r2:
+                    unaff = times[order[1]]
+                level, gain = _judge(top, max(new_busiest, new_other), unaff, new_busiest)
+                _offer(best, p, _SWAP, q, level, gain, cost)
         # One more replica of x, in a slot whose expert keeps another replica.
+        busiest_gain_x = top + held[busiest, x] * (weights[x] / (counts[x] + 1) - sx) / speed[
+            busiest]
         for q in range(num_slots):
             r2 = q // slots
             y = row[q]
             if r2 == busiest or counts[y] < 2 or held[r2, x] > 0:
+                continue
+            if blockers[y] > 1 or (blockers[y] == 1 and blocker[y] != r2):
                 continue
             if same_node and node_of_rank[r2] != node:
                 continue
@@ -201,14 +233,25 @@ def _best_step(row, counts, held, resident, weights, speed, slots, afford, times
             if cost > afford:
                 continue
             # Cheap necessary condition: rank r2 itself must stay below the max.
-            rise = weights[x] / (counts[x] + 1) - weights[y] / counts[y]
+            rise = weights[x] / (counts[x] + 1) - share[y]
             if times[r2] + rise / speed[r2] >= below:
+                continue
+            if _cannot_beat(best, cost, top - max(busiest_gain_x, times[r2] + rise / speed[r2])):
                 continue
             stamp += 1
             _offer_replace(q, x, cost, row, counts, weights, speed, slots, times, order, stamp,
                            mark, delta, members, starts, touched, best)
-        # x keeps another replica: give its slot here to another expert.
+        # x keeps another replica: give its slot here to another expert. Its other holders
+        # carry more whatever the expert: none may reach the max.
         if counts[x] < 2:
+            continue
+        rise = weights[x] / (counts[x] - 1) - sx
+        holders_x = 0.0
+        for k in range(starts[x], starts[x + 1]):
+            r = members[k] // slots
+            if r != busiest:
+                holders_x = max(holders_x, times[r] + held[r, x] * rise / speed[r])
+        if holders_x >= below:
             continue
         for z in range(num_experts):
             if held[busiest, z] > 0 or (same_node and not _on_node(held, z, node_of_rank, node)):
@@ -217,7 +260,10 @@ def _best_step(row, counts, held, resident, weights, speed, slots, afford, times
             if cost > afford:
                 continue
             # Cheap necessary condition: the busiest rank itself must drop below the max.
-            if top + (weights[z] / (counts[z] + 1) - sx) / speed[busiest] >= below:
+            busiest_new = top + (weights[z] / (counts[z] + 1) - sx) / speed[busiest]
+            if busiest_new >= below:
+                continue
+            if _cannot_beat(best, cost, top - max(busiest_new, holders_x)):
                 continue
             stamp += 1
             _offer_replace(p, z, cost, row, counts, weights, speed, slots, times, order, stamp,

@@ -9,8 +9,9 @@ back layers and moves as asked.
    until each layer's max rank time is within the cap (the balanced max times 1 + load_slack),
    and keep the repair in the layers where it needs fewer moves than steps 1-3 (not in layers
    whose groups stay on their nodes).
-5. ``layers=``: other layers keep ``previous``; ``move_budget=``: repair ``previous``, spending
-   the budget where max load drops most, until a layer reaches the max of 1-3 (``budget``).
+5. ``layers=``: other layers keep ``previous``. ``move_budget=`` replaces steps 1-4: repair
+   ``previous``, spending the budget where max load drops most, until a layer reaches its cap
+   (``budget``).
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.nda
     num_experts = weights.shape[1]
     num_ranks = topo.num_ranks
     keep_node = np.ascontiguousarray(keep_node, dtype=np.bool_)
+    if options.layer_budget is not None:
+        # The budgeted repair starts from ``previous`` and only needs each layer's cap.
+        cap = _max_times(phy2log, weights, topo) * (1.0 + load_slack)
+        chosen = _chosen_layers(options, _max_times(previous, weights, topo) - cap)
+        budget = (options.layer_budget if chosen is None
+                  else np.where(chosen, options.layer_budget, 0))
+        return _repaired(previous, weights, topo, budget, options.total_budget, cap, keep_node)
     node_ranks, node_sizes = padded_groups(topo.node_of_rank)
     perm = np.empty((num_layers, num_ranks), dtype=np.int64)
     relabel_ranks(phy2log, previous, num_ranks, num_experts, np.ascontiguousarray(classes),
@@ -159,16 +167,11 @@ def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.nda
             place_in_slots(swapped, previous, identity, target)
     if not same_slots:
         return target
-    target_max = _max_times(target, weights, topo)
-    if not options.incremental:
-        if not refine or traffic is not None:
-            return target
+    if refine and traffic is None:
         cap = _max_times(phy2log, weights, topo) * (1.0 + load_slack)
-        return _fewer_moves(target, previous, weights, topo, cap, keep_node)
-    gains = _max_times(previous, weights, topo) - target_max
-    chosen = _chosen_layers(options, gains)
-    if options.layer_budget is None:
-        return target if chosen is None else np.where(chosen[:, None], target, previous)
-    budget = options.layer_budget if chosen is None else np.where(chosen, options.layer_budget, 0)
-    return _repaired(previous, weights, topo, budget, options.total_budget, target_max,
-                     keep_node)
+        target = _fewer_moves(target, previous, weights, topo, cap, keep_node)
+    if not options.incremental:
+        return target
+    chosen = _chosen_layers(options, _max_times(previous, weights, topo)
+                            - _max_times(target, weights, topo))
+    return target if chosen is None else np.where(chosen[:, None], target, previous)

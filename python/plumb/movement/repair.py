@@ -2,20 +2,20 @@
 
 Under small drift the previous placement is already close to balanced: moving only the replicas
 that overload a rank keeps most experts in place, where a fresh solve (even relabelled) reshuffles
-most of them. Each step relieves the busiest rank r while its time is above the cap:
+most of them. Each step relieves the busiest rank r while its time (load / speed) is above the
+cap; every rank a step touches ends strictly below r's time, so each step lowers the sorted
+vector of rank times (descending, lexicographically) and the repair ends. In order of trial:
 
-1. a swap of one of r's replicas x with a lighter replica y on a rank r2 that stays within the
-   cap (replica counts unchanged, so only r and r2 change): a swap that brings r within the cap
-   is preferred, then the fewest added moves, then the most headroom left on the two ranks;
-   otherwise the swap with the fewest added moves, then the largest relief;
-2. when no single swap lowers the max, the same with two replicas against two;
-3. when no swap fits, a replica change: x (when it keeps another replica) gives r's slot to an
-   expert z, or x gains a replica in another rank's slot whose expert keeps another one; every
-   other rank it touches must stay within the cap.
+1. a swap of one of r's replicas x with a lighter replica y on another rank r2 (replica counts
+   unchanged, so only r and r2 change);
+2. when no single swap lowers the max, two of r's replicas against two of r2's;
+3. otherwise a replica change: x (when it keeps another replica) gives r's slot to an expert z,
+   or x gains a replica in another rank's slot whose expert keeps another one.
 
-Every step lowers the summed excess over the cap, so the repair ends; it gives up when no step
-fits or the moves reach ``limit``. Never two replicas of an expert on one rank, never an
-expert's last replica. A step scans r's S slots against the other P - S slots: O(S * P).
+Among the steps of a kind: those keeping every rank they touch within the cap first, then the
+fewest added moves, then the most headroom (or, short of the cap, the lowest new max). Never
+two replicas of an expert on one rank, never an expert's last replica; a layer gives up when no
+step fits, its moves reach ``limit``, or after 2 P steps. A single-swap scan is O(S * P).
 """
 
 from __future__ import annotations
@@ -29,7 +29,19 @@ _TIE = 1e-12
 
 @njit(cache=True, nogil=True)
 def _moved(resident, rank, expert):
+    """1 when ``expert`` in a slot of ``rank`` costs a move (the rank did not hold it), else 0."""
     return 0 if resident[rank, expert] else 1
+
+
+@njit(cache=True, nogil=True)
+def _beats(fix, cost, score, best_fix, best_cost, best_score):
+    """Whether a step is preferred to the best so far: keeping the ranks it touches within the
+    cap first, then fewer added moves, then the higher score."""
+    if fix != best_fix:
+        return fix
+    if cost != best_cost:
+        return cost < best_cost
+    return score > best_score
 
 
 @njit(cache=True, nogil=True)
@@ -61,15 +73,8 @@ def _best_swap(row, share, times, speed, held, resident, busiest, slots, cap):
                         - _moved(resident, r2, y))
                 # Fixing swaps: most headroom left; others: lowest new max of the two.
                 score = min(cap - new1, cap - new2) if fix else top - max(new1, new2)
-                if best_p >= 0:
-                    if fix != best_fix:
-                        if not fix:
-                            continue
-                    elif cost != best_cost:
-                        if cost > best_cost:
-                            continue
-                    elif score <= best_score:
-                        continue
+                if best_p >= 0 and not _beats(fix, cost, score, best_fix, best_cost, best_score):
+                    continue
                 best_p, best_q = p, q
                 best_fix, best_cost, best_score = fix, cost, score
     return best_p, best_q
@@ -116,15 +121,9 @@ def _best_pair_swap(row, share, times, speed, held, resident, busiest, slots, ca
                                 + _moved(resident, r2, x1) + _moved(resident, r2, x2) - stay
                                 - _moved(resident, r2, y1) - _moved(resident, r2, y2))
                         score = min(cap - new1, cap - new2) if fix else top - max(new1, new2)
-                        if found:
-                            if fix != best_fix:
-                                if not fix:
-                                    continue
-                            elif cost != best_cost:
-                                if cost > best_cost:
-                                    continue
-                            elif score <= best_score:
-                                continue
+                        if found and not _beats(fix, cost, score, best_fix, best_cost,
+                                                best_score):
+                            continue
                         found = True
                         picks[0], picks[1], picks[2], picks[3] = a, b, c, d
                         best_fix, best_cost, best_score = fix, cost, score
@@ -148,7 +147,8 @@ def _holders_fit(times, speed, held, expert, skip, rise, cap):
     """Whether every rank but ``skip`` holding ``expert`` stays within the cap when each of its
     replicas carries ``rise`` more load."""
     for r in range(times.shape[0]):
-        if r != skip and held[r, expert] > 0 and times[r] + held[r, expert] * rise / speed[r] > cap:
+        if (r != skip and held[r, expert] > 0
+                and times[r] + held[r, expert] * rise / speed[r] > cap):
             return False
     return True
 
@@ -160,6 +160,8 @@ def _best_change(row, weights, counts, share, times, speed, held, resident, busi
     num_experts = counts.shape[0]
     num_slots = row.shape[0]
     top = times[busiest]
+    # Other ranks may rise, but stay below the current max (as in swaps).
+    below = top * (1.0 - _TIE)
     best_slot, best_expert = -1, -1
     best_fix, best_cost, best_new = False, 0, 0.0
     for p in range(busiest * slots, (busiest + 1) * slots):
@@ -168,40 +170,39 @@ def _best_change(row, weights, counts, share, times, speed, held, resident, busi
         stay_x = _moved(resident, busiest, x)
         # x gives this slot to z: x's other replicas carry more.
         rise_x = weights[x] / (counts[x] - 1) - sx if counts[x] >= 2 else 0.0
-        if counts[x] >= 2 and _holders_fit(times, speed, held, x, busiest, rise_x, cap):
+        fits = _holders_fit(times, speed, held, x, busiest, rise_x, below)
+        if counts[x] >= 2 and fits:
+            fits_cap = _holders_fit(times, speed, held, x, busiest, rise_x, cap)
             for z in range(num_experts):
                 if held[busiest, z] > 0:
                     continue
                 new1 = top + (weights[z] / (counts[z] + 1) - sx
                               + (held[busiest, x] - 1) * rise_x) / speed[busiest]
-                if new1 >= top:
+                if new1 >= below:
                     continue
-                fix = new1 <= cap
+                fix = new1 <= cap and fits_cap
                 cost = _moved(resident, busiest, z) - stay_x
-                if best_slot >= 0 and (fix < best_fix or (fix == best_fix and (
-                        cost > best_cost or (cost == best_cost and new1 >= best_new)))):
+                if best_slot >= 0 and not _beats(fix, cost, -new1, best_fix, best_cost,
+                                                 -best_new):
                     continue
                 best_slot, best_expert = p, z
                 best_fix, best_cost, best_new = fix, cost, new1
         # x gains a replica in slot q of another rank, whose expert y keeps another one.
         gained = weights[x] / (counts[x] + 1)
         new1 = top + held[busiest, x] * (gained - sx) / speed[busiest]
-        fix = new1 <= cap
-        if best_slot >= 0 and fix < best_fix:
-            continue
         for q in range(num_slots):
             r2 = q // slots
             y = row[q]
             if r2 == busiest or held[r2, x] > 0 or counts[y] < 2:
                 continue
             rise_y = weights[y] / (counts[y] - 1) - share[y]
-            if times[r2] + (gained - share[y] + (held[r2, y] - 1) * rise_y) / speed[r2] > cap:
+            new2 = times[r2] + (gained - share[y] + (held[r2, y] - 1) * rise_y) / speed[r2]
+            if new2 >= below or not _holders_fit(times, speed, held, y, r2, rise_y, below):
                 continue
-            if not _holders_fit(times, speed, held, y, r2, rise_y, cap):
-                continue
+            fix = (new1 <= cap and new2 <= cap
+                   and _holders_fit(times, speed, held, y, r2, rise_y, cap))
             cost = _moved(resident, r2, x) - _moved(resident, r2, y)
-            if best_slot >= 0 and (fix == best_fix and (
-                    cost > best_cost or (cost == best_cost and new1 >= best_new))):
+            if best_slot >= 0 and not _beats(fix, cost, -new1, best_fix, best_cost, -best_new):
                 continue
             best_slot, best_expert = q, x
             best_fix, best_cost, best_new = fix, cost, new1

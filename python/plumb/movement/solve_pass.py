@@ -16,8 +16,9 @@ def movement_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
 
     ``context`` is the ``plumb.solver.api.SolveContext`` of the call. Rank relabelling and slot
     preservation run for both policies (they change neither balance nor traffic); the swap
-    refinement runs for policy "plumb" under even dispatch, within ``load_slack`` unless the
-    locality pass (per-source traffic given) has already used the slack.
+    refinement and the repair of the previous placement run for policy "plumb" under even
+    dispatch (the repair only without per-source traffic), within ``load_slack`` unless the
+    locality pass has already used the slack.
     """
     if context.previous is None:
         return phy2log

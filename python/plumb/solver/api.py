@@ -115,8 +115,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             own hierarchy rule, ignores rank_speed).
         previous: the current placement (int [L, P'] or Placement): the new one moves as
             few experts from it as it can at the same balance (plumb.movement: interchangeable
-            ranks relabelled, staying experts keep their slots, swaps within load_slack), and
-            the moves metric is reported against it.
+            ranks relabelled, staying experts keep their slots, swaps within load_slack, or,
+            where it moves less, the previous placement repaired down to the same max load),
+            and the moves metric is reported against it.
         traffic: per-source counts [L, G, E] (or [T, L, G, E]): how many routed picks each
             source rank sent to each expert. Given (or with dispatch "nearest"), policy
             "plumb" runs the locality pass after balancing (plumb.locality) and

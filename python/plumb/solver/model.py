@@ -50,7 +50,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     single = np.ones(num_groups, dtype=np.int64)
     place(group_w, single, node_speed, True, np.empty(num_groups, dtype=np.int64), group_slot,
           np.empty((nodes, groups_per_node), dtype=np.float64), node_load,
-          np.empty((nodes, num_groups), dtype=np.int64), single)
+          np.empty((nodes, num_groups), dtype=np.int64), single, 0.0)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
@@ -66,7 +66,13 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     local_sw = np.empty((gpn, slots), dtype=np.float64)
     local_load = np.empty(gpn, dtype=np.float64)
     local_has = has[:gpn, :local_n]
+    # Heaviest node first: a lighter node's alternatives are skipped once its busiest rank is
+    # no busier than one already placed (it cannot lower the layer's maximum).
+    node_time = np.empty(nodes, dtype=np.float64)
     for n in range(nodes):
+        node_time[n] = -node_load[n] / node_speed[n]
+    worst = 0.0
+    for n in np.argsort(node_time, kind="mergesort"):
         # Ascending group order keeps the node's expert list independent of packing order.
         node_groups = np.sort(group_slot[n])
         for k in range(groups_per_node):
@@ -78,8 +84,9 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
                 local_stack_caps[k * group_size + j] = stack_caps[e]
         for i in range(gpn):
             local_speed[i] = speed[node_ranks[n, i]]
-        place(local_w, local_caps, local_speed, allow_dup, local_counts, local_e, local_sw,
-              local_load, local_has, local_stack_caps)
+        worst = max(worst, place(local_w, local_caps, local_speed, allow_dup, local_counts,
+                                 local_e, local_sw, local_load, local_has, local_stack_caps,
+                                 worst))
         for j in range(local_n):
             counts[ids[j]] = local_counts[j]
         for i in range(gpn):
@@ -110,19 +117,20 @@ def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
 
 @njit(cache=True, nogil=True)
 def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
-               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps):
+               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound):
     """Solves one layer with the policies asked for; returns the winner (GLOBAL or HIERARCHICAL).
 
     ``g`` and ``h`` are (counts, slot_e, slot_w, load) scratch of the two policies; the winner's
     hold the solution. ``candidate`` float64 [2], output: each policy's max rank time (inf if
     not run, or if the hierarchical one was cut short because it could not win). Ties go to
-    the hierarchical policy (it keeps groups within a node).
+    the hierarchical policy (it keeps groups within a node). ``bound``: the layer's lower
+    bound; a global solution meeting it is not searched further.
     """
     candidate[:] = np.inf
     if try_global:
         # Global policy: all ranks interchangeable.
         candidate[GLOBAL] = place(weights, caps, speed, allow_dup_global, g[0], g[1], g[2],
-                                  g[3], has, stack_caps)
+                                  g[3], has, stack_caps, bound)
     if try_hier and _hierarchical_layer(weights, caps, speed, node_ranks, num_groups,
                                         allow_dup_hier, candidate[GLOBAL], h[0], h[1], h[2],
                                         h[3], has, stack_caps):
@@ -176,15 +184,15 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
     max_sum = 0.0
     for layer in range(num_layers):
         w = weights[layer]
+        bound[layer] = layer_bound(w, num_slots, speed)
         mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
                           allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
-                          stack_caps)
+                          stack_caps, bound[layer])
         best = h if mode == HIERARCHICAL else g
         winner[layer] = mode
         _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])
         top = candidate_max[layer, mode]
         ideal = w.sum() / total_speed
-        bound[layer] = layer_bound(w, num_slots, speed)
         max_load[layer] = top
         balancedness[layer] = ideal / top if top > 0 else 1.0
         # max_load >= bound mathematically; clip the last-ulp differences of summation order.

@@ -59,7 +59,7 @@ def descending_order(values, order, scratch):
 
 
 @njit(cache=True, nogil=True)
-def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
+def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
     """Greedy LPT packing of ``m = bins * S`` items.
 
     Args:
@@ -73,7 +73,9 @@ def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
         has: int64 [bins, n], zeroed by the caller; output: replicas of each expert per bin.
 
     Returns:
-        How many items had to be stacked on a bin already holding their expert.
+        (stacked, set_aside): how many items had to be stacked on a bin already holding their
+        expert, and how many times ``forbid_dup`` passed over the lightest open bin (0 means
+        the packing is the one without ``forbid_dup``).
     """
     bins, slots = slot_e.shape
     order = np.empty(item_w.shape[0], dtype=np.int64)
@@ -87,6 +89,7 @@ def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
         load[r] = 0.0
         size = heap_push(keys, ties, size, 0.0, r)
     stacked = 0
+    set_aside = 0
     for i in order:
         e = item_e[i]
         # Set aside the lightest ranks that already hold e; the next one keeps its heap slot.
@@ -95,6 +98,7 @@ def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
             aside[num_aside] = ties[0]
             num_aside += 1
             size = heap_pop(keys, ties, size)
+        set_aside += num_aside
         on_top = size > 0
         if on_top:
             r = ties[0]
@@ -115,7 +119,14 @@ def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
             size = heap_push(keys, ties, size, load[r] / speed[r], r)
         for k in range(0 if on_top else 1, num_aside):
             size = heap_push(keys, ties, size, load[aside[k]] / speed[aside[k]], aside[k])
-    return stacked
+    return stacked, set_aside
+
+
+@njit(cache=True, nogil=True)
+def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
+    """Greedy LPT packing (arguments as :func:`lpt_pack_counted`); returns how many items had to
+    be stacked on a bin already holding their expert."""
+    return lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has)[0]
 
 
 @njit(cache=True, nogil=True)

@@ -5,13 +5,15 @@ and for expert groups onto nodes (one "replica" per group).
 
 Water-filling gives the replica counts with the smallest largest replica, but not always the
 counts that pack best when no rank may hold an expert twice. When the packed maximum is above
-the ideal, :func:`place` tries alternatives and keeps whichever lowers the maximum: the same
-counts packed with stacking allowed, and (when well above the ideal, ``RECOUNT_SLACK``) one
-replica moved from the expert that misses it least to the heaviest replicated piece on the
-busiest rank. Stacking is the "unless forced" of the no-stacking rule: with two hot experts
-of one group on one node (5 + 5 replicas over 8 ranks), two ranks must hold two hot pieces,
-and two pieces of the lighter expert weigh less than one of each. DeepSeek stacks freely;
-this keeps plumb at least as balanced where stacking pays, and unstacked everywhere else.
+the ideal and the caller's ``floor``, :func:`place` tries alternatives and keeps whichever
+lowers the maximum: the same counts packed with stacking allowed (only where that can differ:
+a cap binds, or the no-stacking rule changed the LPT), and (when well above the ideal,
+``RECOUNT_SLACK``) one replica moved from the expert that misses it least to the heaviest
+replicated piece on the busiest rank. Stacking is the "unless forced" of the no-stacking
+rule: with two hot experts of one group on one node (5 + 5 replicas over 8 ranks), two ranks
+must hold two hot pieces, and two pieces of the lighter expert weigh less than one of each.
+DeepSeek stacks freely; this keeps plumb at least as balanced where stacking pays, and
+unstacked everywhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .pack import lpt_pack, repair_duplicates
+from .pack import lpt_pack_counted, repair_duplicates
 from .refine import refine_pairs, refine_swaps
 from .replicate import water_fill
 
@@ -34,7 +36,11 @@ PAIR_PARTNERS = 4
 @njit(cache=True, nogil=True)
 def _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
     """Packs ``counts[e]`` replicas of each expert (each ``w_e / c_e``), then runs the swap
-    search if ``refine``; returns the max time."""
+    search if ``refine``.
+
+    Returns:
+        (max time, whether the no-stacking rule changed the LPT packing at all).
+    """
     n = weights.shape[0]
     bins, slots = slot_e.shape
     num_items = bins * slots
@@ -48,12 +54,13 @@ def _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
             item_e[i] = e
             i += 1
     has[:, :n] = 0
-    stacked = lpt_pack(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load, has)
+    stacked, set_aside = lpt_pack_counted(item_w, item_e, speed, not allow_dup, slot_e, slot_w,
+                                          load, has)
     if stacked > 0 and not allow_dup:
         repair_duplicates(slot_e, slot_w, load, speed, has)
     if refine:
         refine_swaps(slot_e, slot_w, load, speed, has, not allow_dup, 4 * num_items + 16)
-    return time_max(load, speed)
+    return time_max(load, speed), set_aside > 0
 
 
 @njit(cache=True, nogil=True)
@@ -94,7 +101,8 @@ def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
 
 
 @njit(cache=True, nogil=True)
-def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps):
+def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps,
+          floor):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
 
     Args:
@@ -110,6 +118,9 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         stack_caps: int64 [n], replica caps of the stacking alternative (the caller's caps,
             or unlimited under the default caps: DeepSeek gives a hot expert more replicas
             than ranks).
+        floor: a time the caller cannot use anything below (a lower bound of the layer, or
+            the busiest rank elsewhere); at or under it the alternatives and pair exchanges
+            are skipped.
 
     Returns:
         The largest ``load / speed``.
@@ -117,16 +128,20 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     bins, slots = slot_e.shape
     if weights.shape[0] == bins * slots:
         counts[:] = 1
-        return _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
+        return _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
     water_fill(weights, bins * slots, caps, counts)
-    top = _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
+    top, constrained = _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
     if allow_dup:
         return top
     ideal = weights.sum() / speed.sum()
-    if top > ideal * (1.0 + 1e-9):
+    enough = max(ideal * (1.0 + 1e-9), floor)
+    if top > enough:
+        # Unless a cap binds, the stacked alternative packs the same counts; unless the rule
+        # changed the packing, its LPT is this one before refinement: it cannot win.
+        stack = constrained or _caps_bind(counts, caps, stack_caps)
         top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
-                            top > ideal * (1.0 + RECOUNT_SLACK), stack_caps)
-    if top > ideal * (1.0 + 1e-9) and slots <= PAIR_SLOTS:
+                            top > ideal * (1.0 + RECOUNT_SLACK), stack_caps, stack)
+    if top > enough and slots <= PAIR_SLOTS:
         has[:, :] = 0
         for r in range(bins):
             for k in range(slots):
@@ -137,16 +152,28 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
 
 
 @njit(cache=True, nogil=True)
+def _caps_bind(counts, caps, stack_caps):
+    """Whether some expert sits at its cap (int64 [n] each) while the stacking caps allow more."""
+    for e in range(counts.shape[0]):
+        if counts[e] >= caps[e] and stack_caps[e] > caps[e]:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
-                  stack_caps):
+                  stack_caps, try_stack):
     """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
-    replica move only if ``recount``. Returns the maximum."""
+    replica move only if ``recount``, the stacked packing only if ``try_stack``. Returns the
+    maximum."""
     trial_counts = counts.copy()
     trial_e = np.empty_like(slot_e)
     trial_w = np.empty_like(slot_w)
     trial_load = np.empty_like(load)
     for stack in (False, True):
         if stack:
+            if not try_stack:
+                continue
             water_fill(weights, slot_e.size, stack_caps, trial_counts)
         else:
             if not recount:
@@ -158,7 +185,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
             trial_counts[donor] -= 1
         # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
         trial = _pack(weights, trial_counts, speed, stack, trial_e, trial_w, trial_load, has,
-                      not stack)
+                      not stack)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
                          4 * slot_e.size + 16)

@@ -3,9 +3,10 @@
 Each step takes the rank ``h`` with the largest ``load / speed`` and swaps one of its replicas
 with one of another rank ``r`` so that the larger of the two results is below the current
 maximum, and as low as possible. The lightest rank is tried first (usually it has such a swap);
-the others only when it has none. Every accepted swap lowers ``h`` and keeps ``r`` below the old
-maximum, so the sorted vector of rank times decreases strictly: the search ends, and it never
-makes the maximum worse.
+the others only when it has none, lightest first (ranks are kept sorted by time), so that the
+scan stops at the first rank too heavy to gain. Every accepted swap lowers ``h`` and keeps
+``r`` below the old maximum, so the sorted vector of rank times decreases strictly: the search
+ends, and it never makes the maximum worse.
 
 Each rank's slots are kept sorted by load so that, for each replica on ``h``, the best partner
 on ``r`` is found by binary search instead of a scan. When single swaps are stuck,
@@ -106,31 +107,42 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
     for r in range(bins):
         sort_row(slot_e, slot_w, r)
     time = np.empty(bins, dtype=np.float64)
+    order = np.empty(bins, dtype=np.int64)
+    where = np.empty(bins, dtype=np.int64)
+    uniform = True
     for r in range(bins):
         time[r] = load[r] / speed[r]
+        uniform = uniform and speed[r] == speed[0]
+    order[:] = np.argsort(time, kind="mergesort")
+    for t in range(bins):
+        where[order[t]] = t
     for step in range(max_steps):
-        h = 0
-        lo = 0
-        for r in range(1, bins):
-            if time[r] > time[h]:
-                h = r
-            if time[r] < time[lo]:
-                lo = r
-        if h == lo:
-            return step
+        # The busiest rank of lowest index, the lightest rank order[0] tried first, then the
+        # others: the best swap wins, ties to the lower rank index (as a scan by index would).
+        top = bins - 1
+        while top > 0 and time[order[top - 1]] == time[order[bins - 1]]:
+            top -= 1
+        h = order[top]
         best = time[h] * (1.0 - _MIN_GAIN)
-        best, best_i, best_j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, lo, best)
-        best_r = lo
-        if best_i < 0:
-            best_r = -1
-            for r in range(bins):
-                # (load_h + load_r) / (speed_h + speed_r) is the best any swap could reach.
-                if r == h or r == lo or (load[h] + load[r]) / (speed[h] + speed[r]) >= best:
-                    continue
-                value, i, j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r,
-                                         best)
-                if i >= 0:
-                    best, best_i, best_j, best_r = value, i, j, r
+        best_r = -1
+        best_i = best_j = -1
+        for t in range(bins):
+            r = order[t]
+            if r == h:
+                continue
+            limit = best if best_r < 0 or r > best_r else np.nextafter(best, np.inf)
+            # (load_h + load_r) / (speed_h + speed_r) is the best any swap could reach; with
+            # equal speeds it only grows along ``order``.
+            reach = (load[h] + load[r]) / (speed[h] + speed[r])
+            if reach >= limit:
+                if uniform and reach > best:
+                    break
+                continue
+            value, i, j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r, limit)
+            if i >= 0:
+                best, best_i, best_j, best_r = value, i, j, r
+                if t == 0:
+                    break
         if best_r < 0:
             return step
         swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_j)
@@ -138,7 +150,28 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
         sort_row(slot_e, slot_w, best_r)
         time[h] = load[h] / speed[h]
         time[best_r] = load[best_r] / speed[best_r]
+        _reposition(order, where, time, h)
+        _reposition(order, where, time, best_r)
     return max_steps
+
+
+@njit(cache=True, nogil=True)
+def _reposition(order, where, time, r):
+    """Moves rank ``r`` to its place in ``order`` (ranks by ascending time, ties by index);
+    ``where[r]`` is its position, kept up to date. One insertion step: the rest is in order."""
+    i = where[r]
+    key = time[r]
+    while i > 0 and (time[order[i - 1]] > key or (time[order[i - 1]] == key and order[i - 1] > r)):
+        order[i] = order[i - 1]
+        where[order[i]] = i
+        i -= 1
+    while i < order.shape[0] - 1 and (time[order[i + 1]] < key or
+                                     (time[order[i + 1]] == key and order[i + 1] < r)):
+        order[i] = order[i + 1]
+        where[order[i]] = i
+        i += 1
+    order[i] = r
+    where[r] = i
 
 
 @njit(cache=True, nogil=True)
