@@ -35,8 +35,20 @@ def machine_line() -> str:
     """One line naming the machine the numbers came from."""
     import os
 
-    return (f"{platform.machine()}, {os.cpu_count()} logical CPUs, Python "
+    return (f"{_cpu_model()}, {platform.machine()}, {os.cpu_count()} logical CPUs, Python "
             f"{platform.python_version()}, {platform.system()}")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (absolute timings differ several-fold between hosts)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def write_section(path: Path, section: str, command: str, body: str) -> None:
