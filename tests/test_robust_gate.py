@@ -116,3 +116,30 @@ def test_input_errors():
         plumb.recommend(balanced_for(UNIFORM), window[0], TOPO, **GATE)
     with pytest.raises(InputError, match="no load"):
         plumb.recommend(balanced_for(UNIFORM), np.zeros_like(window), TOPO, **GATE)
+
+
+def test_sign_flip_pvalue_small_for_consistent_gains_and_large_for_symmetric_noise():
+    from plumb.robust.bootstrap import sign_flip_pvalue
+
+    gains = np.linspace(1.0, 2.0, 10)
+    assert sign_flip_pvalue(gains, 4000, 0) < 0.01
+    assert sign_flip_pvalue(-gains, 4000, 0) > 0.99
+    symmetric = np.concatenate([gains, -gains])
+    assert 0.4 < sign_flip_pvalue(symmetric, 4000, 0) < 0.6
+    assert sign_flip_pvalue(np.zeros(6), 500, 0) == 1.0
+    assert sign_flip_pvalue(gains, 500, 3) == sign_flip_pvalue(gains, 500, 3)
+
+
+def test_gate_false_positive_rate_on_pure_noise_with_few_steps():
+    # 8 held-out steps: the percentile bootstrap alone said "apply" on 10% of these windows.
+    from plumb.bench import robust as bench
+    from plumb.bench.workloads import shape, uniform_popularity
+
+    shp = shape("mixtral")
+    uniform = uniform_popularity(shp.num_layers, shp.num_experts)
+    current = bench._balanced_for(shp, uniform)
+    answers = [plumb.recommend(current, bench._window(shp, uniform, 16, 6000 + seed),
+                               shp.topology(), **bench.GATE_ARGS)
+               for seed in range(40)]
+    assert np.mean([answer.apply for answer in answers]) <= bench.TARGET_FALSE_POSITIVE
+    assert all(0 < answer.p_value <= 1 for answer in answers)

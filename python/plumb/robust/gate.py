@@ -9,9 +9,11 @@ one that times ``sum_t new_max_t / sum_t cur_max_t`` over the held-out steps
 ``movement_stats(current, proposed).estimated_seconds`` (bytes over the topology's link
 bandwidths). The proposal is fitted on the first ``fit_fraction`` of the window and scored
 on the remaining (held-out) steps; the saving's uncertainty comes from a bootstrap over those
-steps. ``apply`` is True only when the one-sided lower confidence bound of the saving is > 0
-AND the rearrangement pays back (cost / lower-bound saving per step) within
-``horizon_steps``.
+steps. ``apply`` is True only when the gain is statistically clear -- the one-sided lower
+bootstrap bound of the saving is > 0 AND a sign-flip test of the paired per-step differences
+``cur_max_t - new_max_t`` gives p <= 1 - confidence (exact for few steps, where the bootstrap
+alone is too narrow) -- AND the rearrangement pays back (cost / lower-bound saving per step)
+within ``horizon_steps``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..topology import TopologyLike, as_topology
-from .bootstrap import interval, lower_bound, resample_steps
+from .bootstrap import interval, lower_bound, resample_steps, sign_flip_pvalue
 from .checks import as_number, as_window, split_window
 from ..solver.validate import replica_counts
 from .steps import balancedness_of, step_worst_and_ideal
@@ -41,6 +43,7 @@ class Recommendation:
         current_ci, proposed_ci: their two-sided bootstrap intervals at ``confidence``.
         saving_fraction: 1 - proposed / current MoE time over the held-out steps (point).
         saving_ci: its two-sided bootstrap interval; saving_low: its one-sided lower bound.
+        p_value: one-sided sign-flip p-value of "no gain" on the held-out steps.
         saving_per_step_s: predicted MoE time saved per step in seconds (point estimate).
         saving_per_step_low_s: the same at ``saving_low`` (what the decision uses).
         rearrangement_bytes: bytes crossing rank boundaries; rearrangement_s: estimated
@@ -60,6 +63,7 @@ class Recommendation:
     saving_fraction: float
     saving_ci: Tuple[float, float]
     saving_low: float
+    p_value: float
     saving_per_step_s: float
     saving_per_step_low_s: float
     rearrangement_bytes: int
@@ -151,7 +155,8 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
     saving_low_s = moe_time * saving_low
     break_even = cost_s / saving_low_s if saving_low_s > 0 else float("inf")
 
-    clear = saving_low > 0
+    p_value = sign_flip_pvalue(cur_max - new_max, num_resamples, seed)
+    clear = saving_low > 0 and p_value <= 1.0 - confidence
     pays = break_even <= horizon_steps
     cur_bal = float(_mean_balancedness(ideal, cur_max))
     new_bal = float(_mean_balancedness(ideal, new_max))
@@ -160,7 +165,8 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
         f"over {held.shape[0]} steps; the proposal was fitted on the {fit.shape[0]} steps "
         f"before",
         f"predicted MoE time saving {saving:+.2%} per step ({confidence:.0%} lower bound "
-        f"{saving_low:+.2%}) = {moe_time * saving * 1e3:.3f} ms of a {step_time_s * 1e3:.3f} ms "
+        f"{saving_low:+.2%}, sign-flip p = {p_value:.3f}) = {moe_time * saving * 1e3:.3f} ms of "
+        f"a {step_time_s * 1e3:.3f} ms "
         f"step with MoE share {moe_fraction:.0%}: "
         + ("statistically clear" if clear else "NOT statistically clear"),
         f"rearrangement moves {movement.moves} experts, {movement.bytes} bytes, about "
@@ -175,7 +181,7 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
         proposed_balancedness=new_bal,
         proposed_ci=interval(_mean_balancedness(ideal[picks], new_max[picks]), confidence),
         saving_fraction=saving, saving_ci=interval(saving_samples, confidence),
-        saving_low=saving_low, saving_per_step_s=moe_time * saving,
+        saving_low=saving_low, p_value=p_value, saving_per_step_s=moe_time * saving,
         saving_per_step_low_s=saving_low_s, rearrangement_bytes=int(movement.bytes),
         rearrangement_s=cost_s, break_even_steps=float(break_even),
         horizon_steps=horizon_steps, proposed=proposed, movement=movement)
