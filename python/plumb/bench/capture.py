@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from .results import markdown_table, median_seconds, write_section
+from .results import bench_command, markdown_table, median_seconds, write_section
 
 RECORD_TARGET_US = 20.0
 NUM_EXPERTS = 256
@@ -176,8 +176,13 @@ def _record_rows(quick: bool) -> Tuple[List[list], float]:
 
 
 def _syncs_with_host() -> bool:
-    """Whether record() or step() reads device data, tried on the meta device (no data: any
-    host read raises there), with a DeepSeek-V3-sized recorder and decode-sized ids."""
+    """Whether record() or step() reads device data, tried on the meta device, with a
+    DeepSeek-V3-sized recorder and decode-sized ids.
+
+    The exception is the detector, not a fallback: meta tensors hold no data, so any host
+    read (``.item()``, ``.cpu()``, ``.tolist()``, ``.numpy()``, a data-dependent shape such
+    as ``nonzero``) raises an error naming the meta device. Any other error is a real
+    failure of record()/step() and propagates."""
     import torch
 
     from ..capture import Recorder
@@ -188,7 +193,9 @@ def _syncs_with_host() -> bool:
         for layer in range(58):
             recorder.record(layer, ids, source=layer % 8)
         recorder.step()
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError, TypeError) as error:
+        if "meta" not in str(error).lower():
+            raise
         return True
     return False
 
@@ -261,7 +268,5 @@ def run(args: argparse.Namespace) -> int:
                                      "met (no host read)")])
     print(text)
     if args.results is not None:
-        write_section(args.results, "capture",
-                      "python benchmarks/bench_capture.py" + (" --quick" if args.quick else ""),
-                      text)
+        write_section(args.results, "capture", bench_command("capture", args.quick), text)
     return 0

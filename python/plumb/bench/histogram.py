@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 
-from .results import markdown_table, median_seconds, write_section
+from .results import bench_command, markdown_table, median_seconds, write_section
 
 NUM_EXPERTS = 256
 
@@ -120,7 +120,5 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     if args.results is not None:
-        write_section(args.results, "histogram",
-                      "python benchmarks/bench_histogram.py" + (" --quick" if args.quick else ""),
-                      text)
+        write_section(args.results, "histogram", bench_command("histogram", args.quick), text)
     return 0

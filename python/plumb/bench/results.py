@@ -51,6 +51,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def script_main(script: str) -> int:
+    """Entry point of ``benchmarks/bench_NAME.py``: run ``plumb.bench.NAME`` with its
+    section written to the ``RESULTS.md`` beside the script; returns the exit status."""
+    import argparse
+    import importlib
+
+    script_path = Path(script)
+    module = importlib.import_module(f"plumb.bench.{script_path.stem.removeprefix('bench_')}")
+    parser = argparse.ArgumentParser(description=module.__doc__)
+    module.add_arguments(parser)
+    parser.set_defaults(results=script_path.with_name("RESULTS.md"))
+    return module.run(parser.parse_args())
+
+
+def bench_command(section: str, quick: bool = False, *options: str) -> str:
+    """The ``python benchmarks/bench_SECTION.py [--quick] OPTIONS`` line recorded in RESULTS.md."""
+    return " ".join([f"python benchmarks/bench_{section}.py"] + ["--quick"] * quick
+                    + list(options))
+
+
 def write_section(path: Path, section: str, command: str, body: str) -> None:
     """Replace (or append) the ``## section`` block of the markdown file at ``path``.
 

@@ -38,7 +38,8 @@ def sglang_timeseries_rebalance(window: np.ndarray, num_slots: int,
     slots = num_slots // num_ranks
     step_w = np.ones(steps, dtype=np.float64)
     caps = np.full(num_experts, max(num_ranks, -(-num_slots // num_experts)), dtype=np.int64)
-    ranks = _serpentine_ranks(num_slots, num_ranks)
+    # Dealt replicas regrouped rank by rank (dealing order within a rank): one row per rank.
+    by_rank = np.argsort(_serpentine_ranks(num_slots, num_ranks), kind="stable")
     phy2log = np.empty((num_layers, num_slots), dtype=np.int64)
     counts = np.empty(num_experts, dtype=np.int64)
     for layer in range(num_layers):
@@ -46,11 +47,6 @@ def sglang_timeseries_rebalance(window: np.ndarray, num_slots: int,
         step_water_fill(x, step_w, num_slots, caps, counts)
         experts = np.repeat(np.arange(num_experts), counts)
         share = (x.sum(axis=0) / counts)[experts]
-        order = np.lexsort((experts, -share))
-        per_rank = np.empty((num_ranks, slots), dtype=np.int64)
-        fill = np.zeros(num_ranks, dtype=np.int64)
-        for rank, expert in zip(ranks, experts[order]):
-            per_rank[rank, fill[rank]] = expert
-            fill[rank] += 1
-        phy2log[layer] = np.sort(per_rank, axis=1).ravel()
+        dealt = experts[np.lexsort((experts, -share))]
+        phy2log[layer] = np.sort(dealt[by_rank].reshape(num_ranks, slots), axis=1).ravel()
     return phy2log

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .baselines import numpy_deepseek_rebalance
-from .results import markdown_table, write_section
+from .results import bench_command, markdown_table, write_section
 from .workloads import ADVERSARIAL_KINDS, SHAPES, SIGMAS, Shape, adversarial, make_loads, shape
 
 TARGET_SPEEDUP = 40.0
@@ -80,32 +80,6 @@ def layer_balancedness(phy2log: np.ndarray, loads: np.ndarray, num_gpus: int) ->
     return np.divide(ranks.mean(axis=1), top, out=np.ones_like(top), where=top > 0)
 
 
-def _metric(placement, name: str):
-    metrics = getattr(placement, "metrics", None)
-    if metrics is None:
-        return None
-    if isinstance(metrics, dict):
-        return metrics.get(name)
-    return getattr(metrics, name, None)
-
-
-def layer_gaps(placement, loads: np.ndarray, num_gpus: int) -> np.ndarray:
-    """float64 [L]: plumb's per-layer lb_gap from the placement's metrics.
-
-    Falls back to max rank load / max(W/G, max_e w_e/c_e*) - 1 with the uncapped optimal
-    counts c* (a weaker bound, so a larger gap) when the metrics do not carry per-layer gaps.
-    """
-    for name in ("layer_lb_gap", "lb_gap_per_layer", "per_layer_lb_gap", "lb_gap"):
-        value = _metric(placement, name)
-        if value is not None and np.ndim(value) == 1 and len(value) == loads.shape[0]:
-            return np.asarray(value, dtype=np.float64)
-    phy2log = np.asarray(placement.phy2log)
-    top = rank_loads(phy2log, loads, num_gpus).max(axis=1)
-    _, counts = numpy_deepseek_rebalance(loads, phy2log.shape[1], 1, 1, num_gpus)
-    bound = np.maximum(loads.sum(axis=1) / num_gpus, (loads / counts).max(axis=1))
-    return np.divide(top, bound, out=np.ones_like(top), where=bound > 0) - 1.0
-
-
 # --- measurement --------------------------------------------------------------------------------
 
 def _solver(shp: Shape):
@@ -123,7 +97,7 @@ def _solver(shp: Shape):
 def _compare(shp: Shape, loads: np.ndarray, plumb_p, deepseek_p) -> Dict[str, float]:
     bal_plumb = layer_balancedness(np.asarray(plumb_p.phy2log), loads, shp.num_gpus)
     bal_ds = layer_balancedness(np.asarray(deepseek_p.phy2log), loads, shp.num_gpus)
-    gaps = layer_gaps(plumb_p, loads, shp.num_gpus)
+    gaps = np.asarray(plumb_p.metrics.lb_gap, dtype=np.float64)  # plumb's per-layer lb_gap
     return {"bal_plumb": float(bal_plumb.mean()), "bal_deepseek": float(bal_ds.mean()),
             "min_dbal": float((bal_plumb - bal_ds).min()), "mean_gap": float(gaps.mean()),
             "worst_gap": float(gaps.max())}
@@ -300,9 +274,7 @@ def targets(rows: Sequence[Dict], case_rows: Sequence[Dict], cold: Optional[Dict
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (non-default options only)."""
-    parts = ["python benchmarks/bench_solve.py"]
-    if args.quick:
-        parts.append("--quick")
+    parts = []
     for flag, value, default in (("--shapes", args.shapes, None), ("--sigmas", args.sigmas, None),
                                  ("--repeats", args.repeats, None), ("--steps", args.steps, 16),
                                  ("--seed", args.seed, 0), ("--threads", args.threads, 1)):
@@ -310,7 +282,7 @@ def _command(args: argparse.Namespace) -> str:
             parts.append(f"{flag} {value}")
     parts += [flag for flag, on in (("--no-cases", args.no_cases),
                                     ("--no-cold-start", args.no_cold_start)) if on]
-    return " ".join(parts)
+    return bench_command("solve", args.quick, *parts)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,17 +21,12 @@ import torch
 
 from .. import ops  # noqa: F401  (registers torch.ops.plumb.*)
 from ..errors import InputError
+from ..solver.validate import as_int
 
 __all__ = ["Recorder"]
 
 _histogram_ = torch.ops.plumb.expert_histogram_
 _histogram_deferred_ = torch.ops.plumb.expert_histogram_deferred_
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class Recorder:
@@ -53,11 +48,10 @@ class Recorder:
     def __init__(self, num_layers: int, num_experts: int, window: int = 1000,
                  device: Optional[Any] = None, *, num_sources: Optional[int] = None,
                  source: int = 0, layer_names: Optional[Sequence[str]] = None) -> None:
-        self.num_layers = _positive_int("num_layers", num_layers)
-        self.num_experts = _positive_int("num_experts", num_experts)
-        self.window_size = _positive_int("window", window)
-        self.num_sources = None if num_sources is None else _positive_int("num_sources",
-                                                                          num_sources)
+        self.num_layers = as_int(num_layers, "num_layers", 1)
+        self.num_experts = as_int(num_experts, "num_experts", 1)
+        self.window_size = as_int(window, "window", 1)
+        self.num_sources = None if num_sources is None else as_int(num_sources, "num_sources", 1)
         if self.num_sources is None and source != 0:
             raise InputError("source needs num_sources (per-source accounting is off)")
         if self.num_sources is not None and not 0 <= source < self.num_sources:

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import PathLike
 from ..io.vllm import write_vllm_stats
+from ..solver.validate import as_int, replica_counts
 
 __all__ = ["stats_writer", "physical_loads"]
 
@@ -42,10 +43,9 @@ def physical_loads(logical: np.ndarray, phy2log: np.ndarray) -> np.ndarray:
     one more, so per-slot counts stay integers and sum back to w exactly.
     """
     num_layers, num_slots = phy2log.shape
-    replicas = np.zeros((num_layers, logical.shape[-1]), dtype=np.int64)
+    replicas = replica_counts(phy2log, logical.shape[-1])
     rank = np.empty_like(phy2log)
     for layer, row in enumerate(phy2log):
-        replicas[layer] = np.bincount(row, minlength=logical.shape[-1])
         order = np.argsort(row, kind="stable")
         ordered = row[order]
         rank[layer, order] = np.arange(num_slots) - np.searchsorted(ordered, ordered, "left")
@@ -71,10 +71,9 @@ def stats_writer(path: PathLike, recorder: Any, *, model: str = "", num_ranks: i
     Returns:
         The number of ``eplb_load_stats`` records written.
     """
-    for name, value in (("num_ranks", num_ranks), ("num_groups", num_groups),
-                        ("num_nodes", num_nodes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive int, got {value!r}")
+    num_ranks = as_int(num_ranks, "num_ranks", 1)
+    num_groups = as_int(num_groups, "num_groups", 1)
+    num_nodes = as_int(num_nodes, "num_nodes", 1)
     window = recorder.window().cpu().numpy()
     num_steps, num_layers, num_experts = window.shape
     if phy2log is None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
+from ..solver.validate import as_int
 from ..topology import Topology
 
 
 def engine_topology(num_ranks: Any, num_nodes: Any) -> Topology:
     """``num_ranks`` ranks on ``num_nodes`` equal nodes; one node when they do not divide
     (vLLM and SGLang fall back to the global policy then, too)."""
-    for name, value in (("num_ranks", num_ranks), ("num_nodes", num_nodes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be an int >= 1, got {value!r}")
+    num_ranks = as_int(num_ranks, "num_ranks", 1)
+    num_nodes = as_int(num_nodes, "num_nodes", 1)
     if num_nodes > 1 and num_ranks % num_nodes == 0:
         return Topology.cluster(nodes=num_nodes, gpus_per_node=num_ranks // num_nodes)
     return Topology.flat(num_ranks)

@@ -44,12 +44,10 @@ def rebalance_experts(tokens_per_expert: Any, num_physical_experts: int,
 
     from .. import solve
     from ..errors import InputError
-    from ..solver.validate import as_loads
+    from ..solver.validate import as_int, as_loads
 
-    if isinstance(num_local_physical_experts, bool) \
-            or not isinstance(num_local_physical_experts, int) or num_local_physical_experts < 1:
-        raise InputError(f"num_local_physical_experts must be an int >= 1, got "
-                         f"{num_local_physical_experts!r}")
+    num_local_physical_experts = as_int(num_local_physical_experts,
+                                        "num_local_physical_experts", 1)
     weights, window = as_loads(tokens_per_expert)
     num_experts = weights.shape[1]
     redundant = engine_redundant(num_physical_experts, num_experts, "num_physical_experts")

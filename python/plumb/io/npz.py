@@ -45,24 +45,20 @@ class PlumbStats:
         return self.window.sum(axis=0)
 
 
-def _check_counts(name: str, array: np.ndarray, ndim: int, path: PathLike) -> np.ndarray:
-    return count_array(array, str(path), name, ndim)
-
-
 def save_plumb_npz(path: PathLike, stats: PlumbStats) -> None:
     """Atomically write ``stats`` to ``path`` (validated first; nothing is written on error)."""
     arrays: Dict[str, np.ndarray] = {}
     if stats.window is None and stats.loads is None:
         raise InputError(f"{path}: need 'window' or 'loads' to write")
     if stats.window is not None:
-        arrays["window"] = _check_counts("window", stats.window, 3, path)
+        arrays["window"] = count_array(stats.window, str(path), "window", 3)
     if stats.loads is not None:
-        arrays["loads"] = _check_counts("loads", stats.loads, 2, path)
+        arrays["loads"] = count_array(stats.loads, str(path), "loads", 2)
     if stats.traffic is not None:
         traffic = np.asarray(stats.traffic)
         if traffic.ndim not in (3, 4):
             raise InputError(f"{path}: traffic must be [L, G, E] or [T, L, G, E], got {list(traffic.shape)}")
-        arrays["traffic"] = _check_counts("traffic", traffic, traffic.ndim, path)
+        arrays["traffic"] = count_array(traffic, str(path), "traffic", traffic.ndim)
     if stats.placement is not None:
         arrays["placement"] = expert_table(stats.placement, str(path), "placement")
     meta = {**stats.meta, "format": FORMAT_NAME, "version": FORMAT_VERSION}
@@ -89,16 +85,17 @@ def load_plumb_npz(path: PathLike) -> PlumbStats:
                 raise InputError(f"{path}: field 'meta' must be a JSON object")
         if "window" not in keys and "loads" not in keys:
             raise InputError(f"{path}: missing field 'window' or 'loads'")
-        window = _check_counts("window", archive["window"], 3, path) if "window" in keys else None
-        loads = _check_counts("loads", archive["loads"], 2, path) if "loads" in keys else None
+        where = str(path)
+        window = count_array(archive["window"], where, "window", 3) if "window" in keys else None
+        loads = count_array(archive["loads"], where, "loads", 2) if "loads" in keys else None
         traffic = None
         if "traffic" in keys:
             traffic = np.asarray(archive["traffic"])
             if traffic.ndim not in (3, 4):
                 raise InputError(f"{path}: field 'traffic' must be [L, G, E] or [T, L, G, E], "
                                  f"got shape {list(traffic.shape)}")
-            traffic = _check_counts("traffic", traffic, traffic.ndim, path)
-        placement = (expert_table(archive["placement"], str(path), "placement")
+            traffic = count_array(traffic, where, "traffic", traffic.ndim)
+        placement = (expert_table(archive["placement"], where, "placement")
                      if "placement" in keys else None)
     if window is not None and loads is not None and window.shape[1:] != loads.shape:
         raise InputError(f"{path}: 'window' {list(window.shape)} and 'loads' {list(loads.shape)} "

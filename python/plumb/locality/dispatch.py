@@ -44,6 +44,21 @@ def replica_lists(slot_e, num_experts):
 
 
 @njit(cache=True, nogil=True)
+def _nearest(cost, s, ranks, c):
+    """(lowest link cost from source rank s to the first c of ``ranks``, how many tie at it)."""
+    best = np.inf
+    ties = 0
+    for i in range(c):
+        v = cost[s, ranks[i]]
+        if v < best:
+            best = v
+            ties = 1
+        elif v == best:
+            ties += 1
+    return best, ties
+
+
+@njit(cache=True, nogil=True)
 def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_load, level_tokens):
     """Routes one expert's tokens to its replicas; returns its traffic cost.
 
@@ -67,17 +82,10 @@ def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_lo
     track = level_tokens.shape[0] == 4
     for i in range(c):
         rep_load[i] = 0.0 if nearest else weight / c
+    best, ties = np.inf, 0
     for s in range(num_ranks):
-        best = np.inf
-        ties = 0
         if nearest:
-            for i in range(c):
-                v = cost[s, ranks[i]]
-                if v < best:
-                    best = v
-                    ties = 1
-                elif v == best:
-                    ties += 1
+            best, ties = _nearest(cost, s, ranks, c)
         part = weight * share[s] / ties if nearest else 0.0
         per_token = tokens[s] / (ties if nearest else c)
         for i in range(c):
@@ -169,15 +177,7 @@ def _routing_table_model(phy2log, slots, num_experts, cost, table):
             for i in range(c):
                 ranks[i] = rep[e, i] // slots
             for s in range(num_ranks):
-                best = np.inf
-                ties = 0
-                for i in range(c):
-                    v = cost[s, ranks[i]]
-                    if v < best:
-                        best = v
-                        ties = 1
-                    elif v == best:
-                        ties += 1
+                best, ties = _nearest(cost, s, ranks, c)
                 pick = s % ties
                 for i in range(c):
                     if cost[s, ranks[i]] == best:
@@ -217,7 +217,7 @@ def routing_table(phy2log: Any, topo: TopologyLike, num_experts: Optional[int] =
     is [L, P]; ``num_experts`` defaults to max id + 1.
     """
     topo = as_topology(topo)
-    arr = np.asarray(phy2log.detach().cpu().numpy() if hasattr(phy2log, "detach") else phy2log)
+    arr = to_numpy(phy2log, "phy2log")
     if num_experts is None:
         num_experts = int(arr.max()) + 1 if arr.size else 0
     placement = check_phy2log(arr, num_experts, topo)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..locality import traffic_metrics
+from ..robust.steps import step_balancedness
 from ..solver import Metrics, Moves, evaluate, solve
 from ..solver.validate import as_loads, as_phy2log, replica_counts
 from ..topology import Topology, TopologyLike, as_topology
@@ -99,7 +100,6 @@ class ReportData:
         num_ranks: G.
         step_tokens: float64 [T], tokens routed in each step of the window, or None.
         current, proposed: the two placements (their slot counts P may differ).
-        moves: proposed vs current (``plumb.evaluate``'s Moves).
         topology: the Topology when the caller gave one (traffic section), else None.
         traffic_counts_given: whether per-source traffic counts were given (else sources are
             taken as uniform over ranks).
@@ -111,9 +111,13 @@ class ReportData:
     step_tokens: Optional[np.ndarray]
     current: ScoredPlacement
     proposed: ScoredPlacement
-    moves: Moves
     topology: Optional[Topology]
     traffic_counts_given: bool
+
+    @property
+    def moves(self) -> Moves:
+        """Proposed vs current (``plumb.evaluate``'s Moves)."""
+        return self.proposed.metrics.moves
 
     @property
     def num_layers(self) -> int:
@@ -194,15 +198,15 @@ def _score(label: str, source: str, phy2log: np.ndarray, weights: np.ndarray,
     """Evaluate one validated placement on the aggregate loads, on every step, for traffic."""
     metrics = evaluate(phy2log, weights, topo, previous=previous, traffic=traffic,
                        bytes_per_expert=bytes_per_expert)
+    logcnt = replica_counts(phy2log, weights.shape[1])
     steps = None
     if window is not None:
-        steps = np.array([evaluate(phy2log, step, topo).balancedness for step in window])
+        steps = step_balancedness(phy2log, logcnt, window, topo.rank_speed)
     flows = None
     if show_traffic:
         # Without per-source counts evaluate has no traffic; score uniform sources then.
         flows = metrics.traffic or traffic_metrics(phy2log, weights, topo, dispatch="even")
-    return ScoredPlacement(label, source, phy2log, replica_counts(phy2log, weights.shape[1]),
-                           metrics, steps, flows)
+    return ScoredPlacement(label, source, phy2log, logcnt, metrics, steps, flows)
 
 
 def build_report_data(loads: Any, topo: TopologyLike, placement: Any = None,
@@ -250,7 +254,6 @@ def build_report_data(loads: Any, topo: TopologyLike, placement: Any = None,
         step_tokens=None if window is None else window.sum(axis=(1, 2)),
         current=current,
         proposed=proposed,
-        moves=proposed.metrics.moves,
         topology=topo if show_traffic else None,
         traffic_counts_given=traffic is not None,
     )

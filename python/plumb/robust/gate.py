@@ -117,7 +117,6 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
     Returns:
         :class:`Recommendation`. See the module docstring for the time model.
     """
-    from ..rearrange import movement_stats
     from ..solver import solve
     from ..solver.metrics import as_previous
     from ..solver.validate import as_int
@@ -150,7 +149,8 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
     saving = float(1.0 - new_max.sum() / cur_max.sum())
     saving_low = lower_bound(saving_samples, confidence)
     moe_time = step_time_s * moe_fraction
-    movement = movement_stats(current, proposed.phy2log, topo, bytes_per_expert, num_experts)
+    # solve scored the move from ``previous`` with bytes_per_expert: movement_stats, same P.
+    movement = proposed.metrics.moves.cost
     cost_s = float(movement.estimated_seconds)
     saving_low_s = moe_time * saving_low
     break_even = cost_s / saving_low_s if saving_low_s > 0 else float("inf")

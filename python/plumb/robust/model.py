@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..solver.pack import lpt_pack, repair_duplicates
-from ..solver.refine import refine_swaps
+from ..solver.place import pack_counts
 from .refine import refine_steps
 from .replicate import step_water_fill
 
@@ -42,21 +41,10 @@ def _candidate_b(x, step_w, caps, speed, allow_dup, counts, slot_e, has, max_swa
     for t in range(steps):
         for e in range(n):
             mean[e] += step_w[t] * x[t, e]
-    item_w = np.empty(num_items, dtype=np.float64)
-    item_e = np.empty(num_items, dtype=np.int64)
-    i = 0
-    for e in range(n):
-        for _ in range(counts[e]):
-            item_w[i] = mean[e] / counts[e]
-            item_e[i] = e
-            i += 1
-    slot_w = np.empty((bins, slots), dtype=np.float64)
-    load = np.empty(bins, dtype=np.float64)
-    has[:, :] = 0
-    stacked = lpt_pack(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load, has)
-    if stacked > 0 and not allow_dup:
-        repair_duplicates(slot_e, slot_w, load, speed, has)
-    refine_swaps(slot_e, slot_w, load, speed, has, not allow_dup, 4 * num_items + 16)
+    # LPT packing and swap search on the mean loads, as for the mean objective.
+    pack_counts(mean, counts, speed, allow_dup, slot_e,
+                np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64),
+                has, True)
     _share(x, counts, share)
     return refine_steps(share, step_w, speed, not allow_dup, slot_e, has, max_swaps)
 

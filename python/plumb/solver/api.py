@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
-from ..locality import DISPATCH_MODES, as_load_slack, locality_pass
-from ..movement import MovementOptions, as_movement_options, movement_pass
-from ..robust.objective import as_objective, recency_weighted, robust_phy2log
 from ..topology import Topology, TopologyLike, as_topology
 from .metrics import (as_previous, dispatched_rank_loads, score, solution_metrics,
                       traffic_flows, with_extras)
@@ -19,6 +16,9 @@ from .model import GLOBAL, HIERARCHICAL, solve_model
 from .placement import Placement, log2phy_of
 from .validate import (HIERARCHIES, POLICIES, as_caps, as_choice, as_int, as_loads,
                        check_slots, replica_counts)
+
+if TYPE_CHECKING:
+    from ..movement import MovementOptions
 
 _MODE_NAMES = np.array(["global", "hierarchical"])
 
@@ -47,12 +47,19 @@ class SolveContext:
 
 
 # Passes run in order on the balanced phy2log [L, P] and return a new one; the movement and
-# locality objectives (their issues) register here. Each must keep every layer's max rank load
-# (the locality pass: within the caller's load_slack, under the dispatch model). A pass after
-# the locality pass keeps its traffic by permuting ranks only within
+# locality objectives (their issues) register in _post_passes. Each must keep every layer's max
+# rank load (the locality pass: within the caller's load_slack, under the dispatch model). A
+# pass after the locality pass keeps its traffic by permuting ranks only within
 # plumb.locality.interchangeable_ranks classes.
 PostPass = Callable[[np.ndarray, SolveContext], np.ndarray]
-POST_PASSES: Tuple[PostPass, ...] = (locality_pass, movement_pass)
+
+
+def _post_passes() -> Tuple[PostPass, ...]:
+    """The post-passes in order; imported on the first solve, not with ``import plumb``."""
+    from ..locality import locality_pass
+    from ..movement import movement_pass
+
+    return (locality_pass, movement_pass)
 
 
 def node_ranks_of(topo: Topology) -> Optional[np.ndarray]:
@@ -154,6 +161,11 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     Returns:
         :class:`Placement`; ``metrics.hierarchy`` / ``layer_hierarchy`` say which policy won.
     """
+    # The locality, movement and robust packages load on the first solve (import-time cost).
+    from ..locality import DISPATCH_MODES, as_load_slack, as_traffic
+    from ..movement import as_movement_options
+    from ..robust.objective import as_objective, recency_weighted, robust_phy2log
+
     topo = as_topology(topo)
     weights, window = as_loads(loads)
     num_layers, num_experts = weights.shape
@@ -171,8 +183,6 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if previous is not None:
         previous = as_previous(previous, num_layers, num_experts, num_ranks)
     if traffic is not None:
-        from ..locality import as_traffic
-
         traffic = as_traffic(traffic, num_layers, num_ranks, num_experts)
     dispatch = as_choice(dispatch, "dispatch", DISPATCH_MODES)
     load_slack = as_load_slack(load_slack)
@@ -212,7 +222,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     context = SolveContext(weights, window, topo, num_groups, previous, traffic,
                            dispatch=dispatch, load_slack=load_slack,
                            keep_node=winner == HIERARCHICAL, policy=policy, movement=movement)
-    for post_pass in POST_PASSES:
+    for post_pass in _post_passes():
         passed = post_pass(phy2log, context)
         if passed is not phy2log:
             phy2log = passed
@@ -220,8 +230,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             rank_loads = None
 
     flows = traffic_flows(phy2log, weights, topo, traffic, dispatch)
-    if dispatched_rank_loads(flows) is not None:
-        rank_loads = dispatched_rank_loads(flows)
+    nearest_loads = dispatched_rank_loads(flows)
+    if nearest_loads is not None:
+        rank_loads = nearest_loads
     num_hier = int(np.count_nonzero(winner))
     labels = dict(hierarchy=str(_MODE_NAMES[min(num_hier, 1)]) if num_hier in (0, num_layers)
                   else "mixed", layer_hierarchy=_MODE_NAMES[winner], candidate_max_load=candidates)

@@ -197,13 +197,12 @@ def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
         phy2log = phy2log.phy2log
     phy2log = as_phy2log(phy2log, "phy2log", num_layers, num_experts, topo.num_ranks)
     flows = traffic_flows(phy2log, weights, topo, traffic, dispatch)
-    metrics = score(phy2log, replica_counts(phy2log, num_experts), weights, topo,
-                    dispatched_rank_loads(flows))
+    logcnt = replica_counts(phy2log, num_experts)
+    metrics = score(phy2log, logcnt, weights, topo, dispatched_rank_loads(flows))
     if window is not None:
         from ..robust.steps import step_balancedness
 
-        per_step = step_balancedness(phy2log, replica_counts(phy2log, num_experts), window,
-                                     topo.rank_speed)
+        per_step = step_balancedness(phy2log, logcnt, window, topo.rank_speed)
         metrics = replace(metrics, heldout_balancedness=float(per_step.mean()),
                           step_balancedness=per_step)
     return with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)

@@ -34,7 +34,7 @@ PAIR_PARTNERS = 4
 
 
 @njit(cache=True, nogil=True)
-def _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
+def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
     """Packs ``counts[e]`` replicas of each expert (each ``w_e / c_e``), then runs the swap
     search if ``refine``.
 
@@ -128,9 +128,10 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     bins, slots = slot_e.shape
     if weights.shape[0] == bins * slots:
         counts[:] = 1
-        return _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
+        return pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
     water_fill(weights, bins * slots, caps, counts)
-    top, constrained = _pack(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)
+    top, constrained = pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has,
+                                   True)
     if allow_dup:
         return top
     ideal = weights.sum() / speed.sum()
@@ -184,8 +185,8 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
             trial_counts[gainer] += 1
             trial_counts[donor] -= 1
         # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
-        trial = _pack(weights, trial_counts, speed, stack, trial_e, trial_w, trial_load, has,
-                      not stack)[0]
+        trial = pack_counts(weights, trial_counts, speed, stack, trial_e, trial_w, trial_load,
+                            has, not stack)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
                          4 * slot_e.size + 16)
