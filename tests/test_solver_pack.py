@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plumb.solver.pack import lpt_pack_counted, swap_items
-from plumb.solver.refine import _MIN_GAIN, _best_swap, refine_swaps, sort_row
+from plumb.solver.pack import lpt_pack_counted
+from plumb.solver.refine import _MIN_GAIN, items_of_slots, refine_swaps
 
 
 def _items(rng, num_ranks, slots, num_experts, equal_shares):
@@ -49,41 +49,54 @@ def test_no_set_aside_means_the_packing_without_the_rule(num_ranks, slots, seed,
 
 
 def _reference_refine(slot_e, slot_w, load, speed, has, forbid_dup):
-    """The swap search by plain scans: busiest rank (lowest index on ties), lightest tried
-    first, else the best swap over all ranks by index (first index on ties)."""
-    bins = slot_e.shape[0]
-    for r in range(bins):
-        sort_row(slot_e, slot_w, r)
+    """The swap search by brute force over every pair of replicas: busiest rank h (lowest index
+    on ties); among swaps leaving both ranks below its time, the smallest larger time, ties to
+    the lowest partner rank, then the replica of h and the partner earliest in the weight-sorted
+    replica list (``items_of_slots``: the heavier one)."""
+    bins, slots = slot_e.shape
+    item_w = np.empty(slot_e.size)
+    item_e = np.empty(slot_e.size, dtype=np.int64)
+    slot_item = np.empty(slot_e.shape, dtype=np.int64)
+    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
+    owner = np.repeat(np.arange(bins), slots)[np.argsort(slot_item.ravel())]
     steps = 0
     while True:
         time = load / speed
         h = int(np.argmax(time))
-        lo = int(np.argmin(time))
-        if h == lo:
-            return steps
-        best, bi, bj = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, lo,
-                                  time[h] * (1.0 - _MIN_GAIN))
-        br = lo
-        if bi < 0:
-            br = -1
-            for r in range(bins):
-                if r in (h, lo):
+        best = time[h] * (1.0 - _MIN_GAIN)
+        choice = None
+        for x in np.flatnonzero(owner == h):
+            for y in np.flatnonzero(owner != h):
+                r = owner[y]
+                if forbid_dup and (has[r, item_e[x]] > 0 or has[h, item_e[y]] > 0):
                     continue
-                value, i, j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r, best)
-                if i >= 0:
-                    best, bi, bj, br = value, i, j, r
-        if br < 0:
-            return steps
-        swap_items(slot_e, slot_w, load, has, h, bi, br, bj)
-        sort_row(slot_e, slot_w, h)
-        sort_row(slot_e, slot_w, br)
+                d = item_w[x] - item_w[y]
+                worse = max((load[h] - d) / speed[h], (load[r] + d) / speed[r])
+                if worse < best and (choice is None or (worse, r, x, y) < choice):
+                    choice = (worse, r, x, y)
+        if choice is None:
+            return steps, item_w, item_e, owner
+        _, r, x, y = choice
+        d = item_w[x] - item_w[y]
+        load[h] -= d
+        load[r] += d
+        for rank, gone, came in ((h, x, y), (r, y, x)):
+            has[rank, item_e[gone]] -= 1
+            has[rank, item_e[came]] += 1
+        owner[x], owner[y] = r, h
         steps += 1
+
+
+def _rows(item_w, item_e, owner, bins):
+    """Each rank's (load, expert) pairs, sorted."""
+    return [sorted(zip(item_w[owner == r].tolist(), item_e[owner == r].tolist()))
+            for r in range(bins)]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 10), st.integers(1, 5), st.integers(0, 2**32 - 1), st.booleans())
-def test_sorted_rank_scan_takes_the_same_swaps_as_a_scan_by_index(num_ranks, slots, seed,
-                                                                   equal_shares):
+def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
+        num_ranks, slots, seed, equal_shares):
     rng = np.random.default_rng(seed)
     num_experts = int(rng.integers(max(1, num_ranks * slots // 2), num_ranks * slots + 1))
     item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
@@ -91,7 +104,11 @@ def test_sorted_rank_scan_takes_the_same_swaps_as_a_scan_by_index(num_ranks, slo
     _, slot_e, slot_w, load, has = _pack(item_w, item_e, speed, slots, True, num_experts)
     ref = [a.copy() for a in (slot_e, slot_w, load, has)]
     steps = refine_swaps(slot_e, slot_w, load, speed, has, True, 10_000)
-    ref_steps = _reference_refine(*ref[:3], speed, ref[3], True)
+    ref_steps, ref_w, ref_e, ref_owner = _reference_refine(*ref[:3], speed, ref[3], True)
     assert steps == ref_steps
-    np.testing.assert_array_equal(slot_e, ref[0])
+    got = [sorted(zip(slot_w[r].tolist(), slot_e[r].tolist())) for r in range(num_ranks)]
+    assert got == _rows(ref_w, ref_e, ref_owner, num_ranks)
     np.testing.assert_array_equal(load, ref[2])
+    np.testing.assert_array_equal(has, ref[3])
+    for r in range(num_ranks):  # rows come back sorted by load, ties by expert
+        assert list(zip(slot_w[r].tolist(), slot_e[r].tolist())) == got[r]

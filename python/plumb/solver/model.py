@@ -7,7 +7,8 @@ from numba import njit
 
 from .bounds import layer_bound
 from .place import place, time_max
-from .placement import fill_log2phy
+from .placement import log2phy_of
+from .threads import run_layers
 
 GLOBAL = 0
 HIERARCHICAL = 1
@@ -139,9 +140,9 @@ def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hie
 
 
 @njit(cache=True, nogil=True)
-def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
-                allow_dup_global, allow_dup_hier, stack_caps):
-    """Solves and scores every layer; where both policies are tried, keeps the better one.
+def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
+                 allow_dup_global, allow_dup_hier, stack_caps, layers, out):
+    """Solves and scores the given layers, writing their rows of ``out``.
 
     Args:
         weights: float64 [L, E], expert loads.
@@ -149,11 +150,68 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
         speed: float64 [G], relative rank speeds.
         node_ranks: int64 [nodes, gpn], ranks of each node (hierarchical policy only).
         num_groups: expert groups (hierarchical policy only).
-        slots: S, slots per rank.
         try_global, try_hier: which policies to run (at least one).
         allow_dup_global, allow_dup_hier: whether E (per node) is too small to avoid stacking
             replicas of one expert on one rank.
         stack_caps: int64 [E], replica caps where stacking pays (see ``place``).
+        layers: int64 [k], the layers to solve.
+        out: (phy2log int64 [L, G*S], logcnt int64 [L, E], rank_load float64 [L, G], winner
+            int8 [L], candidate_max float64 [L, 2], max_load, lower_bound,
+            layer_balancedness, lb_gap float64 [L]); only the given layers' rows are written.
+    """
+    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
+    num_experts = weights.shape[1]
+    bins = speed.shape[0]
+    num_slots = phy2log.shape[1]
+    slots = num_slots // bins
+    g = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
+         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
+    h = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
+         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
+    # Replicas per (rank, expert): at most S, and int16 keeps the matrix in cache.
+    has = np.empty((bins, num_experts), dtype=np.int16)
+    total_speed = speed.sum()
+    for layer in layers:
+        w = weights[layer]
+        bound[layer] = layer_bound(w, num_slots, speed)
+        mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
+                          allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
+                          stack_caps, bound[layer])
+        best = h if mode == HIERARCHICAL else g
+        winner[layer] = mode
+        _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])
+        top = candidate_max[layer, mode]
+        max_load[layer] = top
+        balancedness[layer] = w.sum() / total_speed / top if top > 0 else 1.0
+        # max_load >= bound mathematically; clip the last-ulp differences of summation order.
+        gap[layer] = max(top / bound[layer] - 1.0, 0.0) if bound[layer] > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def summarize(weights, speed, max_load, gap):
+    """(model balancedness, mean lb_gap, largest lb_gap) from the per-layer results, summed in
+    layer order (the same floats however the layers were split over threads)."""
+    total_speed = speed.sum()
+    ideal_sum = 0.0
+    max_sum = 0.0
+    for layer in range(weights.shape[0]):
+        ideal_sum += weights[layer].sum() / total_speed
+        max_sum += max_load[layer]
+    return ideal_sum / max_sum if max_sum > 0 else 1.0, gap.mean(), gap.max()
+
+
+def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
+                allow_dup_global, allow_dup_hier, stack_caps):
+    """Solves and scores every layer; where both policies are tried, keeps the better one.
+
+    Layers are independent: on large models they are split over ``numba.get_num_threads()``
+    threads (the kernels release the GIL); the result does not depend on the split.
+
+    Args:
+        weights: float64 [L, E], expert loads.
+        caps, speed, node_ranks, num_groups, try_global, try_hier, allow_dup_global,
+            allow_dup_hier, stack_caps: as :func:`solve_layers`.
+        slots: S, slots per rank.
 
     Returns:
         A tuple: phy2log int64 [L, G*S]; logcnt int64 [L, E]; log2phy int64 [L, E, max
@@ -164,43 +222,17 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
     """
     num_layers, num_experts = weights.shape
     bins = speed.shape[0]
-    num_slots = bins * slots
-    g = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
-         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
-    h = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
-         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
-    has = np.empty((bins, num_experts), dtype=np.int64)
-    phy2log = np.empty((num_layers, num_slots), dtype=np.int64)
-    logcnt = np.empty((num_layers, num_experts), dtype=np.int64)
-    rank_load = np.empty((num_layers, bins), dtype=np.float64)
-    winner = np.empty(num_layers, dtype=np.int8)
-    candidate_max = np.empty((num_layers, 2), dtype=np.float64)
-    max_load = np.empty(num_layers, dtype=np.float64)
-    bound = np.empty(num_layers, dtype=np.float64)
-    balancedness = np.empty(num_layers, dtype=np.float64)
-    gap = np.empty(num_layers, dtype=np.float64)
-    total_speed = speed.sum()
-    ideal_sum = 0.0
-    max_sum = 0.0
-    for layer in range(num_layers):
-        w = weights[layer]
-        bound[layer] = layer_bound(w, num_slots, speed)
-        mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
-                          allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
-                          stack_caps, bound[layer])
-        best = h if mode == HIERARCHICAL else g
-        winner[layer] = mode
-        _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])
-        top = candidate_max[layer, mode]
-        ideal = w.sum() / total_speed
-        max_load[layer] = top
-        balancedness[layer] = ideal / top if top > 0 else 1.0
-        # max_load >= bound mathematically; clip the last-ulp differences of summation order.
-        gap[layer] = max(top / bound[layer] - 1.0, 0.0) if bound[layer] > 0 else 0.0
-        ideal_sum += ideal
-        max_sum += top
-    log2phy = np.full((num_layers, num_experts, logcnt.max()), -1, dtype=np.int64)
-    fill_log2phy(phy2log, log2phy)
+    out = (np.empty((num_layers, bins * slots), dtype=np.int64),
+           np.empty((num_layers, num_experts), dtype=np.int64),
+           np.empty((num_layers, bins), dtype=np.float64),
+           np.empty(num_layers, dtype=np.int8),
+           np.empty((num_layers, 2), dtype=np.float64),
+           *(np.empty(num_layers, dtype=np.float64) for _ in range(4)))
+    run_layers(lambda layers: solve_layers(weights, caps, speed, node_ranks, num_groups,
+                                           try_global, try_hier, allow_dup_global,
+                                           allow_dup_hier, stack_caps, layers, out),
+               num_layers, num_layers * bins * slots)
+    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
+    log2phy = log2phy_of(phy2log, logcnt)
     return (phy2log, logcnt, log2phy, rank_load, winner, candidate_max, max_load, bound,
-            balancedness, gap, ideal_sum / max_sum if max_sum > 0 else 1.0, gap.mean(),
-            gap.max())
+            balancedness, gap, *summarize(weights, speed, max_load, gap))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .heap import heap_pop, heap_push, heap_replace_top
+from .mintree import tree_build, tree_min, tree_size, tree_update
 
 
 # Runs this short are insertion-sorted before merging.
@@ -77,48 +77,61 @@ def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, ha
         expert, and how many times ``forbid_dup`` passed over the lightest open bin (0 means
         the packing is the one without ``forbid_dup``).
     """
+    m = item_w.shape[0]
+    order = np.empty(m, dtype=np.int64)
+    descending_order(item_w, order, np.empty(m, dtype=np.int64))
+    return lpt_place(item_w[order], item_e[order], speed, forbid_dup, slot_e, slot_w, load, has,
+                     np.empty(slot_e.shape, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot_item):
+    """:func:`lpt_pack_counted` of items already in placement order (heaviest first, ties by
+    the caller's order); ``slot_item`` int64 [bins, S], output: the item in each slot.
+
+    Each rank's slots come out sorted by ascending load: a rank receives its items heaviest
+    first and fills its slots from the last one.
+    """
     bins, slots = slot_e.shape
-    order = np.empty(item_w.shape[0], dtype=np.int64)
-    descending_order(item_w, order, np.empty(item_w.shape[0], dtype=np.int64))
-    keys = np.empty(bins, dtype=np.float64)
-    ties = np.empty(bins, dtype=np.int64)
+    size = tree_size(bins)
+    keys = np.full(size, np.inf)
+    tree = np.empty(size, dtype=np.int64)
     aside = np.empty(bins, dtype=np.int64)
     fill = np.zeros(bins, dtype=np.int64)
-    size = 0
     for r in range(bins):
         load[r] = 0.0
-        size = heap_push(keys, ties, size, 0.0, r)
+        keys[r] = 0.0
+    tree_build(keys, tree)
     stacked = 0
     set_aside = 0
-    for i in order:
+    for i in range(item_w.shape[0]):
         e = item_e[i]
-        # Set aside the lightest ranks that already hold e; the next one keeps its heap slot.
+        r = tree_min(tree)
+        # Mask the lightest open ranks that already hold e until one does not.
         num_aside = 0
-        while size > 0 and forbid_dup and has[ties[0], e] > 0:
-            aside[num_aside] = ties[0]
+        while forbid_dup and keys[r] < np.inf and has[r, e] > 0:
+            aside[num_aside] = r
             num_aside += 1
-            size = heap_pop(keys, ties, size)
+            keys[r] = np.inf
+            tree_update(keys, tree, r)
+            r = tree_min(tree)
         set_aside += num_aside
-        on_top = size > 0
-        if on_top:
-            r = ties[0]
-        else:
+        if keys[r] == np.inf:
             r = aside[0]
             stacked += 1
-        slot_e[r, fill[r]] = e
-        slot_w[r, fill[r]] = item_w[i]
         fill[r] += 1
+        slot_e[r, slots - fill[r]] = e
+        slot_w[r, slots - fill[r]] = item_w[i]
+        slot_item[r, slots - fill[r]] = i
         load[r] += item_w[i]
         has[r, e] += 1
-        if on_top:
-            if fill[r] < slots:
-                heap_replace_top(keys, ties, size, load[r] / speed[r], r)
-            else:
-                size = heap_pop(keys, ties, size)
-        elif fill[r] < slots:
-            size = heap_push(keys, ties, size, load[r] / speed[r], r)
-        for k in range(0 if on_top else 1, num_aside):
-            size = heap_push(keys, ties, size, load[aside[k]] / speed[aside[k]], aside[k])
+        for k in range(num_aside):
+            other = aside[k]
+            if other != r:
+                keys[other] = load[other] / speed[other]
+                tree_update(keys, tree, other)
+        keys[r] = load[r] / speed[r] if fill[r] < slots else np.inf
+        tree_update(keys, tree, r)
     return stacked, set_aside
 
 

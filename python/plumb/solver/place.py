@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .pack import lpt_pack_counted, repair_duplicates
-from .refine import refine_pairs, refine_swaps
+from .pack import descending_order, lpt_place, repair_duplicates
+from .refine import refine_items, refine_pairs, refine_swaps, slots_of_items
 from .replicate import water_fill
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
@@ -34,6 +34,53 @@ PAIR_PARTNERS = 4
 
 
 @njit(cache=True, nogil=True)
+def sorted_items(weights, counts, item_w, item_e):
+    """Expands ``counts[e]`` replicas of each expert (each ``w_e / c_e``) into ``item_w`` /
+    ``item_e`` (float64 / int64 [sum(counts)]), heaviest first.
+
+    An expert's replicas weigh the same: sorting the n experts orders all the items (ties by
+    expert, as a stable sort of the expanded items would).
+    """
+    n = weights.shape[0]
+    share = np.empty(n, dtype=np.float64)
+    for e in range(n):
+        share[e] = weights[e] / counts[e]
+    order = np.empty(n, dtype=np.int64)
+    descending_order(share, order, np.empty(n, dtype=np.int64))
+    i = 0
+    for e in order:
+        for _ in range(counts[e]):
+            item_w[i] = share[e]
+            item_e[i] = e
+            i += 1
+
+
+@njit(cache=True, nogil=True)
+def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine):
+    """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``.
+
+    ``has`` (int [bins, >= n]) is reset here and left counting the packing's replicas.
+
+    Returns:
+        (max time, whether the no-stacking rule changed the LPT packing at all).
+    """
+    has[:, :] = 0
+    slot_item = np.empty(slot_e.shape, dtype=np.int64)
+    stacked, set_aside = lpt_place(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load,
+                                   has, slot_item)
+    if stacked > 0 and not allow_dup:
+        repair_duplicates(slot_e, slot_w, load, speed, has)
+        if refine:
+            refine_swaps(slot_e, slot_w, load, speed, has, True, 4 * item_w.shape[0] + 16)
+    elif refine:
+        # The item list is already sorted by weight: refine on it directly.
+        refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup,
+                     4 * item_w.shape[0] + 16, 0, 0)
+        slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
+    return time_max(load, speed), set_aside > 0
+
+
+@njit(cache=True, nogil=True)
 def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, refine):
     """Packs ``counts[e]`` replicas of each expert (each ``w_e / c_e``), then runs the swap
     search if ``refine``.
@@ -41,26 +88,10 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
     Returns:
         (max time, whether the no-stacking rule changed the LPT packing at all).
     """
-    n = weights.shape[0]
-    bins, slots = slot_e.shape
-    num_items = bins * slots
-    item_w = np.empty(num_items, dtype=np.float64)
-    item_e = np.empty(num_items, dtype=np.int64)
-    i = 0
-    for e in range(n):
-        share = weights[e] / counts[e]
-        for _ in range(counts[e]):
-            item_w[i] = share
-            item_e[i] = e
-            i += 1
-    has[:, :n] = 0
-    stacked, set_aside = lpt_pack_counted(item_w, item_e, speed, not allow_dup, slot_e, slot_w,
-                                          load, has)
-    if stacked > 0 and not allow_dup:
-        repair_duplicates(slot_e, slot_w, load, speed, has)
-    if refine:
-        refine_swaps(slot_e, slot_w, load, speed, has, not allow_dup, 4 * num_items + 16)
-    return time_max(load, speed), set_aside > 0
+    item_w = np.empty(slot_e.size, dtype=np.float64)
+    item_e = np.empty(slot_e.size, dtype=np.int64)
+    sorted_items(weights, counts, item_w, item_e)
+    return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine)
 
 
 @njit(cache=True, nogil=True)
@@ -126,12 +157,16 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         The largest ``load / speed``.
     """
     bins, slots = slot_e.shape
+    item_w = np.empty(bins * slots, dtype=np.float64)
+    item_e = np.empty(bins * slots, dtype=np.int64)
     if weights.shape[0] == bins * slots:
         counts[:] = 1
-        return pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
+        sorted_items(weights, counts, item_w, item_e)
+        return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
     water_fill(weights, bins * slots, caps, counts)
-    top, constrained = pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has,
-                                   True)
+    sorted_items(weights, counts, item_w, item_e)
+    top, constrained = pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
+                                  True)
     if allow_dup:
         return top
     ideal = weights.sum() / speed.sum()
@@ -139,9 +174,12 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     if top > enough:
         # Unless a cap binds, the stacked alternative packs the same counts; unless the rule
         # changed the packing, its LPT is this one before refinement: it cannot win.
-        stack = constrained or _caps_bind(counts, caps, stack_caps)
-        top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
-                            top > ideal * (1.0 + RECOUNT_SLACK), stack_caps, stack)
+        recount = top > ideal * (1.0 + RECOUNT_SLACK)
+        caps_bind = _caps_bind(counts, caps, stack_caps)
+        if recount or constrained or caps_bind:
+            top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
+                                recount, stack_caps, constrained or caps_bind, caps_bind,
+                                item_w, item_e)
     if top > enough and slots <= PAIR_SLOTS:
         has[:, :] = 0
         for r in range(bins):
@@ -163,19 +201,27 @@ def _caps_bind(counts, caps, stack_caps):
 
 @njit(cache=True, nogil=True)
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
-                  stack_caps, try_stack):
+                  stack_caps, try_stack, recap, item_w, item_e):
     """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
-    replica move only if ``recount``, the stacked packing only if ``try_stack``. Returns the
-    maximum."""
+    replica move only if ``recount``, the stacked packing only if ``try_stack`` (with the
+    counts water-filled again under ``stack_caps`` if ``recap``, else on the current sorted
+    items ``item_w`` / ``item_e``). Returns the maximum."""
     trial_counts = counts.copy()
     trial_e = np.empty_like(slot_e)
     trial_w = np.empty_like(slot_w)
     trial_load = np.empty_like(load)
+    trial_item_w = np.empty_like(item_w)
+    trial_item_e = np.empty_like(item_e)
     for stack in (False, True):
         if stack:
             if not try_stack:
                 continue
-            water_fill(weights, slot_e.size, stack_caps, trial_counts)
+            if recap:
+                water_fill(weights, slot_e.size, stack_caps, trial_counts)
+                sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
+            else:
+                trial_item_w[:] = item_w
+                trial_item_e[:] = item_e
         else:
             if not recount:
                 continue
@@ -184,9 +230,10 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 continue
             trial_counts[gainer] += 1
             trial_counts[donor] -= 1
+            sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
         # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
-        trial = pack_counts(weights, trial_counts, speed, stack, trial_e, trial_w, trial_load,
-                            has, not stack)[0]
+        trial = pack_items(trial_item_w, trial_item_e, speed, stack, trial_e, trial_w,
+                           trial_load, has, not stack)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
                          4 * slot_e.size + 16)

@@ -1,17 +1,21 @@
-"""Local search after packing: swaps between the heaviest rank and the others.
+"""Local search after packing: swaps (and pair exchanges) between the busiest rank and the others.
 
-Each step takes the rank ``h`` with the largest ``load / speed`` and swaps one of its replicas
-with one of another rank ``r`` so that the larger of the two results is below the current
-maximum, and as low as possible. The lightest rank is tried first (usually it has such a swap);
-the others only when it has none, lightest first (ranks are kept sorted by time), so that the
-scan stops at the first rank too heavy to gain. Every accepted swap lowers ``h`` and keeps
-``r`` below the old maximum, so the sorted vector of rank times decreases strictly: the search
-ends, and it never makes the maximum worse.
+Each step takes the busiest rank ``h`` (largest ``load / speed``, lowest index on ties) and
+swaps one of its replicas with one of another rank ``r`` so that the larger of the two
+resulting times is below the current maximum, and as low as possible over all ranks (ties:
+lowest ``r``, then the heavier replica of ``h``, then the heavier partner). Every accepted
+swap lowers ``h`` and keeps ``r`` below the old maximum, so the sorted vector of rank times
+decreases strictly: the search ends, and it never makes the maximum worse.
 
-Each rank's slots are kept sorted by load so that, for each replica on ``h``, the best partner
-on ``r`` is found by binary search instead of a scan. When single swaps are stuck,
-:func:`refine_pairs` exchanges two replicas of ``h`` with two of one of the lightest ranks
-(same acceptance rule) and resumes the swap search.
+Finding the partner: replica weights never change, only their ranks. All replicas are kept in
+one list sorted by weight (heaviest first), so the partners of a replica of weight ``a`` that
+could help lie in one window of that list (``a - d`` for ``lo < d < hi``, ``hi`` bounded by
+how much the lightest rank can take), and the window narrows as the packing evens out: a step
+looks at a few dozen candidates instead of every slot of every rank.
+
+When single swaps are stuck and ``partners > 0``, two replicas of ``h`` are exchanged with two
+of one of its ``partners`` lightest ranks (same acceptance rule; ``S**4 / 4`` candidates per
+partner, meant for few slots per rank) and the swap search resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .pack import swap_items
+from .mintree import tree_build, tree_min, tree_size, tree_update
+from .pack import descending_order
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
@@ -42,136 +47,127 @@ def sort_row(slot_e, slot_w, r):
 
 
 @njit(cache=True, nogil=True)
-def _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r, best):
-    """Best swap between ranks ``h`` and ``r`` whose larger resulting time is below ``best``.
-
-    A swap moving ``d = w_h - w_r`` from h to r is acceptable iff ``lo < d < hi`` and is best
-    when ``d`` is nearest ``target`` (both times equal); on each side of the target the first
-    acceptable partner is the best on that side.
-
-    Returns:
-        (larger time after the swap, slot on h, slot on r); the slots are -1 when none is below
-        ``best``.
-    """
-    slots = slot_e.shape[1]
-    sh = speed[h]
-    sr = speed[r]
-    lo = load[h] - best * sh
-    hi = best * sr - load[r]
-    target = (load[h] * sr - load[r] * sh) / (sh + sr)
-    best_i = -1
-    best_j = -1
-    row = slot_w[r]
-    for i in range(slots):
-        a = slot_w[h, i]
-        if a <= lo:
-            continue
-        if forbid_dup and has[r, slot_e[h, i]] > 0:
-            continue
-        want = a - target
-        left = 0
-        right = slots
-        while left < right:
-            mid = (left + right) >> 1
-            if row[mid] < want:
-                left = mid + 1
-            else:
-                right = mid
-        # From the ideal partner outwards, first heavier partners (smaller d), then lighter
-        # ones (larger d), while d stays in the window.
-        for step in (1, -1):
-            j = left if step == 1 else left - 1
-            while 0 <= j < slots and lo < a - row[j] < hi:
-                if not (forbid_dup and has[h, slot_e[r, j]] > 0):
-                    d = a - row[j]
-                    worse = max((load[h] - d) / sh, (load[r] + d) / sr)
-                    if worse < best:
-                        best, best_i, best_j = worse, i, j
-                    break
-                j += step
-    return best, best_i, best_j
-
-
-@njit(cache=True, nogil=True)
-def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
-    """Improves a packing in place (arrays as in :func:`plumb.solver.pack.lpt_pack`).
+def items_of_slots(slot_e, slot_w, item_w, item_e, slot_item):
+    """Lists the ``m = bins * S`` replicas of a packing heaviest first (ties by rank, then slot).
 
     Args:
-        forbid_dup: only accept swaps that put no expert twice on one rank.
-        max_steps: bound on accepted swaps (a safety net; the search normally stops earlier).
-
-    Returns:
-        Number of swaps applied. On return each rank's slots are sorted by load.
+        slot_e, slot_w: int64 / float64 [bins, S], the packing.
+        item_w, item_e: float64 / int64 [m], output: weight and expert of each replica.
+        slot_item: int64 [bins, S], output: the replica in each slot (index into the list).
     """
-    bins = slot_e.shape[0]
+    bins, slots = slot_e.shape
+    m = bins * slots
+    flat_w = np.empty(m, dtype=np.float64)
     for r in range(bins):
-        sort_row(slot_e, slot_w, r)
-    time = np.empty(bins, dtype=np.float64)
-    order = np.empty(bins, dtype=np.int64)
-    where = np.empty(bins, dtype=np.int64)
-    uniform = True
-    for r in range(bins):
-        time[r] = load[r] / speed[r]
-        uniform = uniform and speed[r] == speed[0]
-    order[:] = np.argsort(time, kind="mergesort")
-    for t in range(bins):
-        where[order[t]] = t
-    for step in range(max_steps):
-        # The busiest rank of lowest index, the lightest rank order[0] tried first, then the
-        # others: the best swap wins, ties to the lower rank index (as a scan by index would).
-        top = bins - 1
-        while top > 0 and time[order[top - 1]] == time[order[bins - 1]]:
-            top -= 1
-        h = order[top]
-        best = time[h] * (1.0 - _MIN_GAIN)
-        best_r = -1
-        best_i = best_j = -1
-        for t in range(bins):
-            r = order[t]
-            if r == h:
-                continue
-            limit = best if best_r < 0 or r > best_r else np.nextafter(best, np.inf)
-            # (load_h + load_r) / (speed_h + speed_r) is the best any swap could reach; with
-            # equal speeds it only grows along ``order``.
-            reach = (load[h] + load[r]) / (speed[h] + speed[r])
-            if reach >= limit:
-                if uniform and reach > best:
-                    break
-                continue
-            value, i, j = _best_swap(slot_e, slot_w, load, speed, has, forbid_dup, h, r, limit)
-            if i >= 0:
-                best, best_i, best_j, best_r = value, i, j, r
-                if t == 0:
-                    break
-        if best_r < 0:
-            return step
-        swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_j)
-        sort_row(slot_e, slot_w, h)
-        sort_row(slot_e, slot_w, best_r)
-        time[h] = load[h] / speed[h]
-        time[best_r] = load[best_r] / speed[best_r]
-        _reposition(order, where, time, h)
-        _reposition(order, where, time, best_r)
-    return max_steps
+        for k in range(slots):
+            flat_w[r * slots + k] = slot_w[r, k]
+    order = np.empty(m, dtype=np.int64)
+    descending_order(flat_w, order, np.empty(m, dtype=np.int64))
+    for i in range(m):
+        r = order[i] // slots
+        k = order[i] % slots
+        item_w[i] = slot_w[r, k]
+        item_e[i] = slot_e[r, k]
+        slot_item[r, k] = i
 
 
 @njit(cache=True, nogil=True)
-def _reposition(order, where, time, r):
-    """Moves rank ``r`` to its place in ``order`` (ranks by ascending time, ties by index);
-    ``where[r]`` is its position, kept up to date. One insertion step: the rest is in order."""
-    i = where[r]
-    key = time[r]
-    while i > 0 and (time[order[i - 1]] > key or (time[order[i - 1]] == key and order[i - 1] > r)):
-        order[i] = order[i - 1]
-        where[order[i]] = i
-        i -= 1
-    while i < order.shape[0] - 1 and (time[order[i + 1]] < key or
-                                     (time[order[i + 1]] == key and order[i + 1] < r)):
-        order[i] = order[i + 1]
-        where[order[i]] = i
-        i += 1
-    order[i] = r
-    where[r] = i
+def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
+    """Writes a packing back into ``slot_e`` / ``slot_w``, each rank's slots sorted by
+    ascending load (ties by expert id)."""
+    bins, slots = slot_item.shape
+    for r in range(bins):
+        for k in range(slots):
+            slot_e[r, k] = item_e[slot_item[r, k]]
+            slot_w[r, k] = item_w[slot_item[r, k]]
+        sort_row(slot_e, slot_w, r)
+
+
+@njit(cache=True, nogil=True)
+def _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h, best,
+               max_speed, min_load):
+    """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
+    its partner (indices into the sorted list), or ``(-1, -1)`` when none lands below ``best``.
+    """
+    m = item_w.shape[0]
+    slots = slot_item.shape[1]
+    sh = speed[h]
+    lo = load[h] - best * sh          # d must exceed this for h to end below best
+    hi = best * max_speed - min_load  # no rank can take d this large and stay below best
+    cur = best
+    bx = by = br = -1
+    for k in range(slots):
+        x = slot_item[h, k]
+        a = item_w[x]
+        ea = item_e[x]
+        y = x + 1
+        while y < m and a - item_w[y] <= lo:
+            y += 1
+        while y < m and a - item_w[y] < hi:
+            r = owner[y]
+            if r != h:
+                d = a - item_w[y]
+                worse = max((load[h] - d) / sh, (load[r] + d) / speed[r])
+                better = worse < cur or (br >= 0 and worse == cur and (
+                    r < br or (r == br and (x < bx or (x == bx and y < by)))))
+                if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
+                    cur, bx, by, br = worse, x, y, r
+            y += 1
+    return bx, by
+
+
+@njit(cache=True, nogil=True)
+def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
+    """Exchanges replicas ``x`` and ``y`` between their ranks, keeping loads and counts."""
+    h = owner[x]
+    r = owner[y]
+    d = item_w[x] - item_w[y]
+    load[h] -= d
+    load[r] += d
+    has[h, item_e[x]] -= 1
+    has[h, item_e[y]] += 1
+    has[r, item_e[y]] -= 1
+    has[r, item_e[x]] += 1
+    kx = position[x]
+    ky = position[y]
+    slot_item[h, kx] = y
+    slot_item[r, ky] = x
+    owner[x], owner[y] = r, h
+    position[x], position[y] = ky, kx
+
+
+@njit(cache=True, nogil=True)
+def _best_pair(item_w, item_e, slot_item, load, speed, has, forbid_dup, h, best, partners,
+               lightest):
+    """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
+    returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``."""
+    bins, slots = slot_item.shape
+    time = np.empty(bins, dtype=np.float64)
+    for r in range(bins):
+        time[r] = load[r] / speed[r]
+    found = _lightest(time, h, partners, lightest)
+    best_x1 = best_x2 = best_y1 = best_y2 = -1
+    for t in range(found):
+        r = lightest[t]
+        for i in range(slots):
+            for j in range(i + 1, slots):
+                x1 = slot_item[h, i]
+                x2 = slot_item[h, j]
+                if forbid_dup and (has[r, item_e[x1]] > 0 or has[r, item_e[x2]] > 0):
+                    continue
+                a = item_w[x1] + item_w[x2]
+                for k in range(slots):
+                    for m in range(k + 1, slots):
+                        y1 = slot_item[r, k]
+                        y2 = slot_item[r, m]
+                        if forbid_dup and (has[h, item_e[y1]] > 0 or has[h, item_e[y2]] > 0):
+                            continue
+                        d = a - item_w[y1] - item_w[y2]
+                        worse = max((load[h] - d) / speed[h], (load[r] + d) / speed[r])
+                        if d > 0 and worse < best:
+                            best = worse
+                            best_x1, best_x2, best_y1, best_y2 = x1, x2, y1, y2
+    return best_x1, best_x2, best_y1, best_y2
 
 
 @njit(cache=True, nogil=True)
@@ -192,52 +188,110 @@ def _lightest(time, skip, count, out):
 
 
 @njit(cache=True, nogil=True)
-def refine_pairs(slot_e, slot_w, load, speed, has, forbid_dup, partners, max_steps):
-    """Exchanges two replicas of the busiest rank with two of one of its ``partners``
-    lightest ranks, when single swaps are stuck, then resumes the swap search.
+def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps, max_pairs,
+                 partners):
+    """Improves a packing given as a weight-sorted replica list, in place.
 
-    Same contract as :func:`refine_swaps` (every accepted exchange lowers the busiest rank and
-    keeps the partner below the old maximum, so the maximum never gets worse). S**4 / 4
-    candidates per partner: meant for few slots per rank.
+    Args:
+        item_w: float64 [m], replica weights, descending.
+        item_e: int64 [m], their experts.
+        slot_item: int64 [bins, S], in/out: the replica in each slot.
+        load: float64 [bins], in/out: rank loads (consistent with ``slot_item``).
+        speed: float64 [bins], relative rank speeds.
+        has: int64 [bins, >= n], in/out: replicas of each expert per rank.
+        forbid_dup: only accept moves that put no expert twice on one rank.
+        max_swaps, max_pairs: bounds on accepted swaps and pair exchanges (a safety net; the
+            search normally stops earlier).
+        partners: lightest ranks tried for pair exchanges when swaps are stuck (0: none).
 
     Returns:
-        Number of pair exchanges applied.
+        (swaps, pair exchanges) applied.
     """
-    bins, slots = slot_e.shape
-    time = np.empty(bins, dtype=np.float64)
+    bins, slots = slot_item.shape
+    owner = np.empty(item_w.shape[0], dtype=np.int64)
+    position = np.empty(item_w.shape[0], dtype=np.int64)
+    for r in range(bins):
+        for k in range(slots):
+            owner[slot_item[r, k]] = r
+            position[slot_item[r, k]] = k
+    size = tree_size(bins)
+    # busy: min-tree of -time, so its root is the busiest rank (lowest index on ties).
+    busy = np.full(size, np.inf)
+    busy_tree = np.empty(size, dtype=np.int64)
+    light = np.full(size, np.inf)
+    light_tree = np.empty(size, dtype=np.int64)
+    for r in range(bins):
+        busy[r] = -load[r] / speed[r]
+        light[r] = load[r]
+    tree_build(busy, busy_tree)
+    tree_build(light, light_tree)
+    max_speed = speed.max()
     lightest = np.empty(max(partners, 1), dtype=np.int64)
-    for step in range(max_steps):
-        for r in range(bins):
-            time[r] = load[r] / speed[r]
-        h = 0
-        for r in range(1, bins):
-            if time[r] > time[h]:
-                h = r
-        best = time[h] * (1.0 - _MIN_GAIN)
-        best_r = -1
-        best_i = best_j = best_k = best_l = -1
-        for t in range(_lightest(time, h, partners, lightest)):
-            r = lightest[t]
-            for i in range(slots):
-                for j in range(i + 1, slots):
-                    a = slot_w[h, i] + slot_w[h, j]
-                    ei = slot_e[h, i]
-                    ej = slot_e[h, j]
-                    if forbid_dup and (has[r, ei] > 0 or has[r, ej] > 0):
-                        continue
-                    for k in range(slots):
-                        for m in range(k + 1, slots):
-                            if forbid_dup and (has[h, slot_e[r, k]] > 0 or
-                                               has[h, slot_e[r, m]] > 0):
-                                continue
-                            d = a - slot_w[r, k] - slot_w[r, m]
-                            worse = max((load[h] - d) / speed[h], (load[r] + d) / speed[r])
-                            if d > 0 and worse < best:
-                                best, best_r = worse, r
-                                best_i, best_j, best_k, best_l = i, j, k, m
-        if best_r < 0:
-            return step
-        swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_k)
-        swap_items(slot_e, slot_w, load, has, h, best_j, best_r, best_l)
-        refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16)
-    return max_steps
+    swaps = 0
+    pairs = 0
+    while swaps < max_swaps:
+        h = tree_min(busy_tree)
+        best = -busy[h] * (1.0 - _MIN_GAIN)
+        x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h,
+                          best, max_speed, light[tree_min(light_tree)])
+        if x >= 0:
+            partner = owner[y]
+            _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
+            swaps += 1
+        elif partners > 0 and bins > 1 and pairs < max_pairs:
+            x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, speed, has, forbid_dup,
+                                        h, best, partners, lightest)
+            if x1 < 0:
+                break
+            partner = owner[y1]
+            _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x1, y1)
+            _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x2, y2)
+            pairs += 1
+        else:
+            break
+        for r in (h, partner):
+            busy[r] = -load[r] / speed[r]
+            light[r] = load[r]
+            tree_update(busy, busy_tree, r)
+            tree_update(light, light_tree, r)
+    return swaps, pairs
+
+
+@njit(cache=True, nogil=True)
+def _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_swaps, max_pairs, partners):
+    """:func:`refine_items` on a packing given as slot arrays (updated in place)."""
+    m = slot_e.size
+    item_w = np.empty(m, dtype=np.float64)
+    item_e = np.empty(m, dtype=np.int64)
+    slot_item = np.empty(slot_e.shape, dtype=np.int64)
+    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
+    done = refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps,
+                        max_pairs, partners)
+    slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
+    return done
+
+
+@njit(cache=True, nogil=True)
+def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
+    """Improves a packing in place by single swaps.
+
+    Args:
+        slot_e, slot_w: int64 / float64 [bins, S], expert and load in each slot.
+        load: float64 [bins], rank loads; speed: float64 [bins], relative rank speeds.
+        has: int64 [bins, >= n], replicas of each expert per rank (kept up to date).
+        forbid_dup: only accept swaps that put no expert twice on one rank.
+        max_steps: bound on accepted swaps (a safety net; the search normally stops earlier).
+
+    Returns:
+        Number of swaps applied. On return each rank's slots are sorted by load.
+    """
+    return _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0)[0]
+
+
+@njit(cache=True, nogil=True)
+def refine_pairs(slot_e, slot_w, load, speed, has, forbid_dup, partners, max_steps):
+    """Single swaps, then up to ``max_steps`` pair exchanges with the ``partners`` lightest
+    ranks whenever swaps are stuck (arrays as :func:`refine_swaps`). Returns the number of
+    pair exchanges."""
+    return _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup,
+                         (max_steps + 1) * (4 * slot_e.size + 16), max_steps, partners)[1]

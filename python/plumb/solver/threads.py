@@ -1,0 +1,60 @@
+"""Running independent per-layer work on several threads.
+
+The whole-model kernels release the GIL (``nogil=True``) and every layer is solved on its own,
+so plain Python threads run them in parallel without numba's parallel backends (whose OpenMP
+layer is not fork-safe and whose workqueue layer aborts on concurrent calls; plumb runs inside
+forking servers and multi-threaded engines). The thread count is numba's
+(``numba.get_num_threads()``: the ``NUMBA_NUM_THREADS`` environment variable or
+``numba.set_num_threads``), so one knob controls all of plumb's kernels.
+
+Results never depend on the split: each layer writes only its own rows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numba
+import numpy as np
+
+# Below this much work (layers x slots) a whole solve takes a fraction of a millisecond and
+# handing layers to threads costs more than it saves.
+PARALLEL_MIN_WORK = 4096
+# Tasks per thread: layers differ in cost, several smaller tasks even that out.
+_TASKS_PER_THREAD = 4
+
+_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_key = (0, 0)  # (pid, workers) the pool was made for
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The shared pool with ``workers`` threads, made anew in a forked child (a fork copies
+    the pool object but not its threads)."""
+    global _pool, _pool_key
+    key = (os.getpid(), workers)
+    with _lock:
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[0] == key[0]:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plumb-solve")
+            _pool_key = key
+        return _pool
+
+
+def run_layers(solve_some: Callable[[np.ndarray], object], num_layers: int, work: int) -> None:
+    """Calls ``solve_some(layers)`` (layers: int64 [k], ascending) so that every layer in
+    ``range(num_layers)`` is covered exactly once, on several threads when ``work`` (about
+    layers x slots) is large enough and numba allows more than one thread."""
+    threads = min(numba.get_num_threads(), num_layers)
+    if threads <= 1 or work < PARALLEL_MIN_WORK:
+        solve_some(np.arange(num_layers, dtype=np.int64))
+        return
+    per_task = -(-num_layers // (threads * _TASKS_PER_THREAD))
+    tasks = [np.arange(start, min(start + per_task, num_layers), dtype=np.int64)
+             for start in range(0, num_layers, per_task)]
+    for _ in _executor(threads).map(solve_some, tasks):
+        pass
