@@ -171,7 +171,7 @@ def test_replica_caps():
 @given(st.integers(2, 6), st.integers(2, 5), st.integers(0, 2**32 - 1))
 def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots, seed):
     # After the single-swap search is stuck, two-for-two exchanges only lower the busiest rank.
-    from plumb.solver.refine import refine_pairs, refine_swaps
+    from plumb.solver.refine import refine_slots, refine_swaps
 
     rng = np.random.default_rng(seed)
     slot_e = rng.permutation(num_ranks * slots).reshape(num_ranks, slots)
@@ -184,7 +184,7 @@ def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots,
         has[r, slot_e[r]] = 1
     refine_swaps(slot_e, slot_w, load, speed, has, True, 1000)
     stuck = load.max()
-    refine_pairs(slot_e, slot_w, load, speed, has, True, 4, 1000)
+    refine_slots(slot_e, slot_w, load, speed, has, True, 1000, 1000, 4, 0.0)
     assert load.max() <= stuck
     assert sorted(zip(slot_e.ravel().tolist(), slot_w.ravel().tolist())) == items
     np.testing.assert_allclose(load, slot_w.sum(axis=1))

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from .pack import descending_order, lpt_place, repair_duplicates
-from .refine import refine_items, refine_pairs, refine_swaps, slots_of_items
+from .refine import refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import water_fill
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
@@ -56,8 +56,11 @@ def sorted_items(weights, counts, item_w, item_e):
 
 
 @njit(cache=True, nogil=True)
-def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine):
-    """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``.
+def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, partners,
+               floor):
+    """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``
+    (with pair exchanges against ``partners`` lightest ranks, stopping at ``floor``: see
+    :func:`plumb.solver.refine.refine_items`).
 
     ``has`` (int [bins, >= n]) is reset here and left counting the packing's replicas.
 
@@ -68,14 +71,15 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
     slot_item = np.empty(slot_e.shape, dtype=np.int64)
     stacked, set_aside = lpt_place(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load,
                                    has, slot_item)
+    steps = 4 * item_w.shape[0] + 16
     if stacked > 0 and not allow_dup:
         repair_duplicates(slot_e, slot_w, load, speed, has)
         if refine:
-            refine_swaps(slot_e, slot_w, load, speed, has, True, 4 * item_w.shape[0] + 16)
+            refine_slots(slot_e, slot_w, load, speed, has, True, steps, steps, partners, floor)
     elif refine:
         # The item list is already sorted by weight: refine on it directly.
-        refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup,
-                     4 * item_w.shape[0] + 16, 0, 0)
+        refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup, steps, steps,
+                     partners, floor)
         slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
     return time_max(load, speed), set_aside > 0
 
@@ -91,7 +95,8 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
     item_w = np.empty(slot_e.size, dtype=np.float64)
     item_e = np.empty(slot_e.size, dtype=np.int64)
     sorted_items(weights, counts, item_w, item_e)
-    return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine)
+    return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, 0,
+                      0.0)
 
 
 @njit(cache=True, nogil=True)
@@ -159,18 +164,20 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     bins, slots = slot_e.shape
     item_w = np.empty(bins * slots, dtype=np.float64)
     item_e = np.empty(bins * slots, dtype=np.int64)
+    ideal = weights.sum() / speed.sum()
+    enough = max(ideal * (1.0 + 1e-9), floor)
     if weights.shape[0] == bins * slots:
         counts[:] = 1
         sorted_items(weights, counts, item_w, item_e)
-        return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True)[0]
+        return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True, 0,
+                          enough)[0]
     water_fill(weights, bins * slots, caps, counts)
     sorted_items(weights, counts, item_w, item_e)
+    partners = PAIR_PARTNERS if slots <= PAIR_SLOTS and not allow_dup else 0
     top, constrained = pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
-                                  True)
+                                  True, partners, enough)
     if allow_dup:
         return top
-    ideal = weights.sum() / speed.sum()
-    enough = max(ideal * (1.0 + 1e-9), floor)
     if top > enough:
         # Unless a cap binds, the stacked alternative packs the same counts; unless the rule
         # changed the packing, its LPT is this one before refinement: it cannot win.
@@ -179,14 +186,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         if recount or constrained or caps_bind:
             top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                                 recount, stack_caps, constrained or caps_bind, caps_bind,
-                                item_w, item_e)
-    if top > enough and slots <= PAIR_SLOTS:
-        has[:, :] = 0
-        for r in range(bins):
-            for k in range(slots):
-                has[r, slot_e[r, k]] += 1
-        refine_pairs(slot_e, slot_w, load, speed, has, True, PAIR_PARTNERS, bins)
-        top = time_max(load, speed)
+                                item_w, item_e, partners, enough)
     return top
 
 
@@ -201,7 +201,7 @@ def _caps_bind(counts, caps, stack_caps):
 
 @njit(cache=True, nogil=True)
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
-                  stack_caps, try_stack, recap, item_w, item_e):
+                  stack_caps, try_stack, recap, item_w, item_e, partners, enough):
     """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
     replica move only if ``recount``, the stacked packing only if ``try_stack`` (with the
     counts water-filled again under ``stack_caps`` if ``recap``, else on the current sorted
@@ -233,7 +233,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
             sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
         # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
         trial = pack_items(trial_item_w, trial_item_e, speed, stack, trial_e, trial_w,
-                           trial_load, has, not stack)[0]
+                           trial_load, has, not stack, partners, enough)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
                          4 * slot_e.size + 16)

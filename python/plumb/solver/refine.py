@@ -189,7 +189,7 @@ def _lightest(time, skip, count, out):
 
 @njit(cache=True, nogil=True)
 def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps, max_pairs,
-                 partners):
+                 partners, floor):
     """Improves a packing given as a weight-sorted replica list, in place.
 
     Args:
@@ -203,6 +203,8 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         max_swaps, max_pairs: bounds on accepted swaps and pair exchanges (a safety net; the
             search normally stops earlier).
         partners: lightest ranks tried for pair exchanges when swaps are stuck (0: none).
+        floor: stop once the busiest rank's time is at most this (a lower bound, or a time
+            the caller cannot use anything below).
 
     Returns:
         (swaps, pair exchanges) applied.
@@ -231,6 +233,8 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     pairs = 0
     while swaps < max_swaps:
         h = tree_min(busy_tree)
+        if -busy[h] <= floor:
+            break
         best = -busy[h] * (1.0 - _MIN_GAIN)
         x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h,
                           best, max_speed, light[tree_min(light_tree)])
@@ -258,15 +262,17 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
 
 
 @njit(cache=True, nogil=True)
-def _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_swaps, max_pairs, partners):
-    """:func:`refine_items` on a packing given as slot arrays (updated in place)."""
+def refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_swaps, max_pairs, partners,
+                 floor):
+    """:func:`refine_items` on a packing given as slot arrays (updated in place; each rank's
+    slots sorted by load on return)."""
     m = slot_e.size
     item_w = np.empty(m, dtype=np.float64)
     item_e = np.empty(m, dtype=np.int64)
     slot_item = np.empty(slot_e.shape, dtype=np.int64)
     items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
     done = refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps,
-                        max_pairs, partners)
+                        max_pairs, partners, floor)
     slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
     return done
 
@@ -285,13 +291,4 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
     Returns:
         Number of swaps applied. On return each rank's slots are sorted by load.
     """
-    return _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0)[0]
-
-
-@njit(cache=True, nogil=True)
-def refine_pairs(slot_e, slot_w, load, speed, has, forbid_dup, partners, max_steps):
-    """Single swaps, then up to ``max_steps`` pair exchanges with the ``partners`` lightest
-    ranks whenever swaps are stuck (arrays as :func:`refine_swaps`). Returns the number of
-    pair exchanges."""
-    return _refine_slots(slot_e, slot_w, load, speed, has, forbid_dup,
-                         (max_steps + 1) * (4 * slot_e.size + 16), max_steps, partners)[1]
+    return refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0, 0.0)[0]
