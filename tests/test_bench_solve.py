@@ -15,7 +15,8 @@ def _args(tmp_path, *extra):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     return parser.parse_args(["--shapes", "tiny", "--quick", "--repeats", "1",
-                              "--results", str(tmp_path / "RESULTS.md"), *extra])
+                              "--results", str(tmp_path / "RESULTS.md"),
+                              *(extra or ("--parallel-threads", "1"))])
 
 
 def _table_rows(text, first_header):
@@ -59,6 +60,14 @@ def test_bench_solve_smoke(tmp_path, capsys):
     # rewriting replaces the section instead of appending a second one
     assert bench.run(_args(tmp_path, "--no-cases")) == 0
     assert results.read_text().count("## solve") == 1
+
+
+def test_parallel_columns_time_the_same_placements_on_threads(tmp_path, capsys):
+    assert bench.run(_args(tmp_path, "--no-cases", "--parallel-threads", "2")) == 0
+    header, rows = _table_rows(capsys.readouterr().out, "shape")
+    assert header[7:9] == ["plumb ms, 2 threads", "× numpy, 2 threads"]
+    row = dict(zip(header, rows[0]))
+    assert float(row["plumb ms, 2 threads"]) > 0 and row["× numpy, 2 threads"].endswith("×")
 
 
 def test_cli_lists_solve():

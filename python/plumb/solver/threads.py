@@ -3,9 +3,9 @@
 The whole-model kernels release the GIL (``nogil=True``) and every layer is solved on its own,
 so plain Python threads run them in parallel without numba's parallel backends (whose OpenMP
 layer is not fork-safe and whose workqueue layer aborts on concurrent calls; plumb runs inside
-forking servers and multi-threaded engines). The thread count is numba's
-(``numba.get_num_threads()``: the ``NUMBA_NUM_THREADS`` environment variable or
-``numba.set_num_threads``), so one knob controls all of plumb's kernels.
+forking servers and multi-threaded engines). The thread count defaults to numba's
+``NUMBA_NUM_THREADS`` (environment variable; all cores unless set), read without starting
+numba's threading layer; :func:`thread_limit` lowers it for a block of code.
 
 Results never depend on the split: each layer writes only its own rows.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import numba
 import numpy as np
@@ -29,6 +30,23 @@ _TASKS_PER_THREAD = 4
 _lock = threading.Lock()
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_key = (0, 0)  # (pid, workers) the pool was made for
+_limit = threading.local()
+
+
+def max_threads() -> int:
+    """Threads a solve may use: ``NUMBA_NUM_THREADS``, or this thread's :func:`thread_limit`."""
+    return getattr(_limit, "value", None) or numba.config.NUMBA_NUM_THREADS
+
+
+@contextmanager
+def thread_limit(threads: int) -> Iterator[None]:
+    """Solves started by this thread inside the block use at most ``threads`` threads (>= 1)."""
+    previous = getattr(_limit, "value", None)
+    _limit.value = max(1, int(threads))
+    try:
+        yield
+    finally:
+        _limit.value = previous
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -48,8 +66,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 def run_layers(solve_some: Callable[[np.ndarray], object], num_layers: int, work: int) -> None:
     """Calls ``solve_some(layers)`` (layers: int64 [k], ascending) so that every layer in
     ``range(num_layers)`` is covered exactly once, on several threads when ``work`` (about
-    layers x slots) is large enough and numba allows more than one thread."""
-    threads = min(numba.get_num_threads(), num_layers)
+    layers x slots) is large enough and :func:`max_threads` allows more than one."""
+    threads = min(max_threads(), num_layers)
     if threads <= 1 or work < PARALLEL_MIN_WORK:
         solve_some(np.arange(num_layers, dtype=np.int64))
         return
