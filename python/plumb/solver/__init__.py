@@ -1,9 +1,9 @@
 """Placement solver: ``solve`` (policies "plumb" and "deepseek") and ``evaluate``.
 
-One job per module: heap (binary heaps for the kernels), replicate (water-filling replica
-counts), pack (capacity-constrained LPT), refine (swap local search), place (one replicate +
-pack problem), model (global / hierarchical policy over all layers in one jitted call), bounds
-(lower bounds), metrics (``evaluate``), placement (``Placement``), validate (input checks),
+One job per module: mintree (tournament trees for the kernels), replicate (water-filling
+replica counts), pack (capacity-constrained LPT), refine (swap local search), place (one
+replicate + pack problem), model (global / hierarchical policy over all layers), threads
+(layers split over threads), bounds (lower bounds), metrics (``evaluate``), placement (``Placement``), validate (input checks),
 api (``solve``), deepseek (the exact DeepSeek / vLLM greedy).
 """
 

@@ -10,8 +10,9 @@ decreases strictly: the search ends, and it never makes the maximum worse.
 Finding the partner: replica weights never change, only their ranks. All replicas are kept in
 one list sorted by weight (heaviest first), so the partners of a replica of weight ``a`` that
 could help lie in one window of that list (``a - d`` for ``lo < d < hi``, ``hi`` bounded by
-how much the lightest rank can take), and the window narrows as the packing evens out: a step
-looks at a few dozen candidates instead of every slot of every rank.
+how much the lightest rank can take). The window narrows as the packing evens out and as
+better swaps are found within a step: a step scores a few dozen candidates instead of every
+slot of every rank.
 
 When single swaps are stuck and ``partners > 0``, two replicas of ``h`` are exchanged with two
 of one of its ``partners`` lightest ranks (same acceptance rule; ``S**4 / 4`` candidates per
@@ -84,17 +85,22 @@ def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
 
 
 @njit(cache=True, nogil=True)
-def _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h, best,
-               max_speed, min_load):
+def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, forbid_dup, h,
+               best, max_speed, min_load):
     """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
     its partner (indices into the sorted list), or ``(-1, -1)`` when none lands below ``best``.
+
+    The window of useful weight differences ``d`` shrinks with the best swap found so far
+    (``cur``); it is widened by a relative 1e-9 so that rounding never drops a candidate that
+    ties with or beats ``cur`` (every candidate in the window is scored exactly).
     """
     m = item_w.shape[0]
     slots = slot_item.shape[1]
     sh = speed[h]
-    lo = load[h] - best * sh          # d must exceed this for h to end below best
-    hi = best * max_speed - min_load  # no rank can take d this large and stay below best
+    tol = 1e-9 * load[h]
     cur = best
+    lo = load[h] - cur * sh - tol          # h ends above cur unless d exceeds this
+    hi = cur * max_speed - min_load + tol  # no rank can take d this large and end below cur
     bx = by = br = -1
     for k in range(slots):
         x = slot_item[h, k]
@@ -107,11 +113,13 @@ def _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h
             r = owner[y]
             if r != h:
                 d = a - item_w[y]
-                worse = max((load[h] - d) / sh, (load[r] + d) / speed[r])
+                worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
                 better = worse < cur or (br >= 0 and worse == cur and (
                     r < br or (r == br and (x < bx or (x == bx and y < by)))))
                 if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
                     cur, bx, by, br = worse, x, y, r
+                    lo = load[h] - cur * sh - tol
+                    hi = cur * max_speed - min_load + tol
             y += 1
     return bx, by
 
@@ -137,14 +145,14 @@ def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
 
 
 @njit(cache=True, nogil=True)
-def _best_pair(item_w, item_e, slot_item, load, speed, has, forbid_dup, h, best, partners,
+def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
                lightest):
     """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
     returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``."""
     bins, slots = slot_item.shape
     time = np.empty(bins, dtype=np.float64)
     for r in range(bins):
-        time[r] = load[r] / speed[r]
+        time[r] = load[r] * inv_speed[r]
     found = _lightest(time, h, partners, lightest)
     best_x1 = best_x2 = best_y1 = best_y2 = -1
     for t in range(found):
@@ -163,7 +171,7 @@ def _best_pair(item_w, item_e, slot_item, load, speed, has, forbid_dup, h, best,
                         if forbid_dup and (has[h, item_e[y1]] > 0 or has[h, item_e[y2]] > 0):
                             continue
                         d = a - item_w[y1] - item_w[y2]
-                        worse = max((load[h] - d) / speed[h], (load[r] + d) / speed[r])
+                        worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
                         if d > 0 and worse < best:
                             best = worse
                             best_x1, best_x2, best_y1, best_y2 = x1, x2, y1, y2
@@ -222,8 +230,11 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     busy_tree = np.empty(size, dtype=np.int64)
     light = np.full(size, np.inf)
     light_tree = np.empty(size, dtype=np.int64)
+    # Times are load * (1 / speed) throughout the search: a multiply instead of a divide per
+    # candidate, and the same rounding everywhere.
+    inv_speed = 1.0 / speed
     for r in range(bins):
-        busy[r] = -load[r] / speed[r]
+        busy[r] = -load[r] * inv_speed[r]
         light[r] = load[r]
     tree_build(busy, busy_tree)
     tree_build(light, light_tree)
@@ -236,15 +247,15 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         if -busy[h] <= floor:
             break
         best = -busy[h] * (1.0 - _MIN_GAIN)
-        x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, has, forbid_dup, h,
-                          best, max_speed, light[tree_min(light_tree)])
+        x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has,
+                          forbid_dup, h, best, max_speed, light[tree_min(light_tree)])
         if x >= 0:
             partner = owner[y]
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
             swaps += 1
         elif partners > 0 and bins > 1 and pairs < max_pairs:
-            x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, speed, has, forbid_dup,
-                                        h, best, partners, lightest)
+            x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
+                                        forbid_dup, h, best, partners, lightest)
             if x1 < 0:
                 break
             partner = owner[y1]
@@ -254,7 +265,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         else:
             break
         for r in (h, partner):
-            busy[r] = -load[r] / speed[r]
+            busy[r] = -load[r] * inv_speed[r]
             light[r] = load[r]
             tree_update(busy, busy_tree, r)
             tree_update(light, light_tree, r)

@@ -1,7 +1,7 @@
 """Replication: how many replicas each expert gets.
 
 Greedy water-filling: start from one replica each and give every further replica to the expert
-with the largest per-replica load ``w_e / c_e``. Under even dispatch this minimises
+with the largest per-replica load ``w_e / c_e`` (a tournament tree finds it). Under even dispatch this minimises
 ``max_e w_e / c_e`` exactly (exchange argument), which is the ``T*`` term of the lower bound.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .heap import heap_pop, heap_push
+from .mintree import tree_build, tree_min, tree_size, tree_update
 
 
 @njit(cache=True, nogil=True)
@@ -32,24 +32,28 @@ def water_fill(weights, num_slots, caps, counts):
         True when the caps were respected, False when they had to be dropped.
     """
     n = weights.shape[0]
-    keys = np.empty(n, dtype=np.float64)
-    ties = np.empty(n, dtype=np.int64)
-    size = 0
+    # A min-tree over -w_e / c_e: its root is the expert with the largest per-replica load,
+    # lowest index on ties; experts at their cap sit at +inf.
+    size = tree_size(n)
+    keys = np.full(size, np.inf)
+    tree = np.empty(size, dtype=np.int64)
     for e in range(n):
         counts[e] = 1
         if caps[e] > 1:
-            size = heap_push(keys, ties, size, -weights[e], e)
+            keys[e] = -weights[e]
+    tree_build(keys, tree)
     capped = True
     for _ in range(num_slots - n):
-        if size == 0:
+        e = tree_min(tree)
+        if keys[e] == np.inf:
             capped = False
-            for e in range(n):
-                size = heap_push(keys, ties, size, -weights[e] / counts[e], e)
-        e = ties[0]
-        size = heap_pop(keys, ties, size)
+            for f in range(n):
+                keys[f] = -weights[f] / counts[f]
+            tree_build(keys, tree)
+            e = tree_min(tree)
         counts[e] += 1
-        if counts[e] < caps[e] or not capped:
-            size = heap_push(keys, ties, size, -weights[e] / counts[e], e)
+        keys[e] = -weights[e] / counts[e] if counts[e] < caps[e] or not capped else np.inf
+        tree_update(keys, tree, e)
     return capped
 
 
