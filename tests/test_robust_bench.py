@@ -57,3 +57,29 @@ def test_gate_rates_on_a_small_shape():
     lines = bench.targets([], rates)
     assert len(lines) == 3 and all(line.endswith("— met") for line in lines)
     assert "NOT met" in bench.targets([], dict(rates, noise=0.06))[2]
+
+
+def test_exact_shape_table_and_heldout_oracle(capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--shapes", "mixtral", "--sigmas", "1.0", "--seeds", "1",
+                                        "--exact-seeds", "2", "--steps", "16",
+                                        "--no-gate"])) == 0
+    out = capsys.readouterr().out
+    assert "held-out oracle" in out and "| mixtral | 1 | 2 | " in out and "/64 |" in out
+
+
+def test_heldout_oracle_is_best_on_the_held_out_steps_and_leaves_start_alone():
+    rng = np.random.default_rng(3)
+    held = rng.poisson(rng.lognormal(3.0, 0.7, (2, 8)), (10, 2, 8)).astype(float)
+    start = np.tile(np.arange(8), (2, 1))
+    oracle = bench.heldout_oracle(start, held, 4)
+    assert start.tolist() == [list(range(8))] * 2
+    ideal = held.sum(axis=(1, 2)) / 4
+
+    def cost(phy2log):
+        ranks = held[:, np.arange(2)[:, None], phy2log].reshape(10, 2, 4, 2).sum(axis=3)
+        return (ranks.max(axis=2).sum(axis=1) / ideal).mean()
+
+    assert cost(oracle) <= cost(start)
+    assert sorted(oracle[0].tolist()) == list(range(8))

@@ -132,6 +132,10 @@ def test_sign_flip_pvalue_small_for_consistent_gains_and_large_for_symmetric_noi
 
 def test_gate_false_positive_rate_on_pure_noise_with_few_steps():
     # 8 held-out steps: the percentile bootstrap alone said "apply" on 10% of these windows.
+    # On pure noise the current and proposed placements are exchangeable, so the sign-flip
+    # test says "apply" on about 1 - confidence = 5% of windows by design (1000 windows from
+    # seed 20000: 5.2%), not fewer: 200 windows, with the binomial allowance of a 5% rate
+    # (P(>= 17 of 200) ~ 2%).
     from plumb.bench import robust as bench
     from plumb.bench.workloads import shape, uniform_popularity
 
@@ -140,6 +144,6 @@ def test_gate_false_positive_rate_on_pure_noise_with_few_steps():
     current = bench._balanced_for(shp, uniform)
     answers = [plumb.recommend(current, bench._window(shp, uniform, 16, 6000 + seed),
                                shp.topology(), **bench.GATE_ARGS)
-               for seed in range(40)]
-    assert np.mean([answer.apply for answer in answers]) <= bench.TARGET_FALSE_POSITIVE
+               for seed in range(200)]
+    assert np.mean([answer.apply for answer in answers]) <= 16 / 200
     assert all(0 < answer.p_value <= 1 for answer in answers)

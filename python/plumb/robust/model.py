@@ -1,4 +1,5 @@
-"""The robust objective over all layers: two candidates per layer, the better one kept.
+"""The robust objective over all layers: the exact optimum for small layers, else two
+candidates per layer, the better one kept.
 
 Per layer, with the window's per-step loads ``x[t, e]`` and step weights ``a_t``, the objective
 is ``J = sum_t a_t max_g R[t, g]``: the expected per-step max rank time (rank time = the
@@ -10,7 +11,9 @@ per-step loads ``x[t, e] / c_e`` of its replicas over its speed). Candidates:
   search on the weighted mean loads, then the per-step swap search.
 
 The candidate with the lower ``J`` is kept (A on ties), so the result is never worse on the
-window's steps than the mean-objective placement.
+window's steps than the mean-objective placement. Where the caller says the layer is small
+enough (one replica per expert, equal rank speeds, few packings), every packing is scored
+instead (:func:`plumb.robust.exact.exact_packing`, the mean-objective placement kept on ties).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from ..solver.place import pack_counts
+from .exact import exact_packing
 from .refine import refine_steps
 from .replicate import step_water_fill
 
@@ -50,7 +54,17 @@ def _candidate_b(x, step_w, caps, speed, allow_dup, counts, slot_e, has, max_swa
 
 
 @njit(cache=True, nogil=True)
-def robust_model(window, step_w, caps, speed, allow_dup, start, max_swaps, phy2log):
+def _write_layer(slot_e, layer, phy2log):
+    """phy2log[layer] from slot_e [G, S], each rank's slots sorted by expert id."""
+    bins, slots = slot_e.shape
+    for g in range(bins):
+        row = np.sort(slot_e[g])
+        for k in range(slots):
+            phy2log[layer, g * slots + k] = row[k]
+
+
+@njit(cache=True, nogil=True)
+def robust_model(window, step_w, caps, speed, allow_dup, start, max_swaps, exact, phy2log):
     """Robust placement of every layer.
 
     Args:
@@ -61,6 +75,7 @@ def robust_model(window, step_w, caps, speed, allow_dup, start, max_swaps, phy2l
         allow_dup: whether two replicas of one expert may share a rank (only when E * G < P).
         start: int64 [L, P], the mean-objective placement (candidate A's start).
         max_swaps: bound on the per-step swaps of each candidate.
+        exact: score every packing instead (only when P == E and all speeds are equal).
         phy2log: int64 [L, P], output; each rank's slots sorted by expert id.
     """
     steps, num_layers, n = window.shape
@@ -86,11 +101,15 @@ def robust_model(window, step_w, caps, speed, allow_dup, start, max_swaps, phy2l
             slot_a[p // slots, p % slots] = e
             has[p // slots, e] += 1
         _share(x, counts_a, share)
+        if exact:
+            # One replica per expert and equal speeds: share / speed is each expert's time.
+            for t in range(steps):
+                for e in range(n):
+                    share[t, e] /= speed[0]
+            exact_packing(share, step_w, slot_a)
+            _write_layer(slot_a, layer, phy2log)
+            continue
         value_a = refine_steps(share, step_w, speed, not allow_dup, slot_a, has, max_swaps)
         value_b = _candidate_b(x, step_w, caps, speed, allow_dup, counts_b, slot_b, has,
                                max_swaps, share)
-        chosen = slot_b if value_b < value_a else slot_a
-        for g in range(bins):
-            row = np.sort(chosen[g])
-            for k in range(slots):
-                phy2log[layer, g * slots + k] = row[k]
+        _write_layer(slot_b if value_b < value_a else slot_a, layer, phy2log)

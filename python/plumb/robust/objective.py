@@ -7,6 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from .exact import exact_applies
 from .model import robust_model
 from .weights import as_half_life, step_weights
 
@@ -58,7 +59,9 @@ def robust_phy2log(start: np.ndarray, window: np.ndarray, caps: np.ndarray, spee
     """int64 [L, P]: the robust placement (see :mod:`plumb.robust.model`) of every layer.
 
     The steps scored are ``(1 - SHRINK) * x_t + SHRINK * m`` with ``m = sum_t a_t x_t`` the
-    recency-weighted mean step (``a`` from :func:`plumb.robust.weights.step_weights`).
+    recency-weighted mean step (``a`` from :func:`plumb.robust.weights.step_weights`). Layers
+    with one replica per expert, equal rank speeds and few packings get the exact optimum
+    (:func:`plumb.robust.exact.exact_applies`), the others the two-candidate search.
 
     Args:
         start: int64 [L, P], the mean-objective placement of the same loads.
@@ -70,9 +73,10 @@ def robust_phy2log(start: np.ndarray, window: np.ndarray, caps: np.ndarray, spee
     weights = step_weights(window.shape[0], as_half_life(half_life))
     mean = np.tensordot(weights, window, axes=1)
     steps = (1.0 - SHRINK) * window + SHRINK * mean[None, :, :]
+    exact = exact_applies(window.shape[2], start.shape[1], speed)
     phy2log = np.empty_like(start)
     robust_model(np.ascontiguousarray(steps, dtype=np.float64), weights, caps,
                  np.ascontiguousarray(speed, dtype=np.float64), allow_dup,
                  np.ascontiguousarray(start, dtype=np.int64),
-                 int(np.ceil(MAX_SWAPS_PER_SLOT * start.shape[1])), phy2log)
+                 int(np.ceil(MAX_SWAPS_PER_SLOT * start.shape[1])), exact, phy2log)
     return phy2log
