@@ -112,3 +112,22 @@ def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
     np.testing.assert_array_equal(has, ref[3])
     for r in range(num_ranks):  # rows come back sorted by load, ties by expert
         assert list(zip(slot_w[r].tolist(), slot_e[r].tolist())) == got[r]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 600), st.integers(0, 2**32 - 1), st.sampled_from(["lognormal", "ties",
+                                                                         "zeros"]))
+def test_descending_order_is_a_stable_descending_sort(n, seed, kind):
+    # Both paths (merge sort below _RADIX_MIN values, radix sort from there) against numpy.
+    from plumb.solver.pack import descending_order
+
+    rng = np.random.default_rng(seed)
+    if kind == "lognormal":
+        values = rng.lognormal(0.0, 2.0, n)
+    elif kind == "ties":
+        values = rng.integers(0, 4, n).astype(np.float64) / 3.0
+    else:
+        values = np.where(rng.random(n) < 0.5, 0.0, -0.0) * rng.integers(0, 2, n)
+    order = np.empty(n, dtype=np.int64)
+    descending_order(values, order, np.empty(n, dtype=np.int64))
+    np.testing.assert_array_equal(order, np.argsort(-values, kind="stable"))

@@ -16,16 +16,70 @@ from .mintree import tree_build, tree_min, tree_size, tree_update
 
 # Runs this short are insertion-sorted before merging.
 _RUN = 8
+# From this many values on, the radix sort beats the merge sort (whose comparisons the branch
+# predictor cannot guess).
+_RADIX_MIN = 128
 
 
 @njit(cache=True, nogil=True)
 def descending_order(values, order, scratch):
     """Writes into ``order`` the indices of ``values`` by descending value, ties by index.
 
-    A stable bottom-up merge sort (insertion-sorted runs first); several times faster than
-    ``np.argsort`` at the few hundred items of one packing. ``values`` float64 [m];
-    ``order`` and ``scratch`` int64 [m].
+    ``values`` float64 [m], non-negative (no NaN); ``order`` and ``scratch`` int64 [m]. A
+    stable sort: LSD radix on the float bits for long inputs, else a bottom-up merge sort
+    (insertion-sorted runs first); both several times faster than ``np.argsort`` here.
     """
+    if values.shape[0] >= _RADIX_MIN:
+        _radix_descending(values, order, scratch)
+    else:
+        _merge_descending(values, order, scratch)
+
+
+@njit(cache=True, nogil=True)
+def _radix_descending(values, order, scratch):
+    """:func:`descending_order` by eight stable counting passes over the bytes of the keys.
+
+    Non-negative doubles order like their bit patterns read as unsigned integers; the
+    complement turns ascending into descending, and stability keeps ties by index. -0.0 is
+    mapped to 0.0 first (it compares equal).
+    """
+    n = values.shape[0]
+    keys = np.empty(n, dtype=np.uint64)
+    spare = np.empty(n, dtype=np.uint64)
+    bits = np.ascontiguousarray(values).view(np.uint64)
+    for i in range(n):
+        keys[i] = ~bits[i] if values[i] != 0.0 else ~np.uint64(0)
+        order[i] = i
+    count = np.empty(256, dtype=np.int64)
+    src_k, src_o, dst_k, dst_o = keys, order, spare, scratch
+    in_order = True
+    for byte in range(8):
+        shift = np.uint64(8 * byte)
+        count[:] = 0
+        for i in range(n):
+            count[(src_k[i] >> shift) & np.uint64(255)] += 1
+        if count[(src_k[0] >> shift) & np.uint64(255)] == n:
+            continue  # every key has this byte: the pass would not move anything
+        total = 0
+        for digit in range(256):
+            here = count[digit]
+            count[digit] = total
+            total += here
+        for i in range(n):
+            digit = (src_k[i] >> shift) & np.uint64(255)
+            dst_k[count[digit]] = src_k[i]
+            dst_o[count[digit]] = src_o[i]
+            count[digit] += 1
+        src_k, dst_k = dst_k, src_k
+        src_o, dst_o = dst_o, src_o
+        in_order = not in_order
+    if not in_order:
+        order[:] = scratch
+
+
+@njit(cache=True, nogil=True)
+def _merge_descending(values, order, scratch):
+    """:func:`descending_order` by a stable bottom-up merge sort."""
     n = values.shape[0]
     for start in range(0, n, _RUN):
         end = min(start + _RUN, n)
