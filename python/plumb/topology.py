@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -149,6 +150,7 @@ class Topology:
         rank_speed: float64 [G], relative compute speed (load is balanced as load / speed).
 
     Construct with ``flat``, ``cluster``, ``from_matrix``, ``from_json`` or ``detect``.
+    The counts (``num_ranks``, ``num_nodes``, ...) are computed once: the arrays are read-only.
     """
 
     node_of_rank: np.ndarray
@@ -187,17 +189,17 @@ class Topology:
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
 
-    @property
+    @cached_property
     def num_ranks(self) -> int:
         """G, the number of ranks (GPUs)."""
         return int(self.node_of_rank.shape[0])
 
-    @property
+    @cached_property
     def num_nodes(self) -> int:
         """Number of distinct nodes."""
         return int(np.unique(self.node_of_rank).size)
 
-    @property
+    @cached_property
     def num_numa_domains(self) -> int:
         """Number of distinct NUMA domains across all nodes."""
         return int(np.unique(self.numa_of_rank).size)
@@ -407,6 +409,13 @@ class Topology:
 TopologyLike = Union[Topology, int]
 
 
+@lru_cache(maxsize=64)
+def _flat_topology(num_ranks: int) -> Topology:
+    """``Topology.flat(num_ranks)``, built once per G: topologies are immutable, and building
+    one (validation included) costs more than a small solve."""
+    return Topology.flat(num_ranks)
+
+
 def as_topology(topo: TopologyLike, num_ranks: Optional[int] = None) -> Topology:
     """Accepts a Topology or an int G (a flat topology of G ranks).
 
@@ -417,7 +426,7 @@ def as_topology(topo: TopologyLike, num_ranks: Optional[int] = None) -> Topology
     elif isinstance(topo, (int, np.integer)) and not isinstance(topo, bool):
         if topo < 1:
             raise InputError(f"topo: number of ranks must be >= 1, got {topo}")
-        out = Topology.flat(int(topo))
+        out = _flat_topology(int(topo))
     else:
         raise InputError(f"topo must be a plumb.Topology or an int number of ranks, "
                          f"got {type(topo).__name__}")

@@ -38,6 +38,10 @@ class MovementOptions:
                 or self.auto_layers is not None)
 
 
+# No budget and every layer: what ``solve`` uses unless told otherwise (shared; immutable).
+NO_OPTIONS = MovementOptions()
+
+
 def _as_budget(move_budget: Any, num_layers: int):
     if move_budget is None:
         return None, UNLIMITED
@@ -76,6 +80,8 @@ def as_movement_options(move_budget: Any, layers: Any, previous: Optional[np.nda
                         num_layers: int, num_slots: int, dispatch: str) -> MovementOptions:
     """Checks ``move_budget`` (None, int >= 0 in total, or int [L] per layer) and ``layers``
     (None, layer indices, or "auto:k") against the validated ``previous`` int64 [L, P']."""
+    if move_budget is None and layers is None:
+        return NO_OPTIONS
     layer_budget, total = _as_budget(move_budget, num_layers)
     mask, auto = _as_layers(layers, num_layers)
     options = MovementOptions(layer_budget, total, mask, auto)

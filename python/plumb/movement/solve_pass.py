@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .options import MovementOptions
+from .options import NO_OPTIONS
 from .pipeline import minimise_movement
 
 
@@ -30,7 +30,7 @@ def movement_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
         keep_node = np.zeros(num_layers, dtype=bool)
     locality_ran = context.policy == "plumb" and (context.traffic is not None
                                                   or context.dispatch != "even")
-    options = context.movement if context.movement is not None else MovementOptions()
+    options = context.movement if context.movement is not None else NO_OPTIONS
     return minimise_movement(
         phy2log, context.previous, context.weights, context.topo,
         interchangeable_ranks(context.topo, context.traffic, context.dispatch), keep_node,

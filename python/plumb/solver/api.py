@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from functools import lru_cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -23,14 +24,14 @@ if TYPE_CHECKING:
 _MODE_NAMES = np.array(["global", "hierarchical"])
 
 
-@dataclass(frozen=True, eq=False)
-class SolveContext:
-    """What a post-pass may use: the validated inputs of one ``solve`` call.
+class SolveContext(NamedTuple):
+    """What a post-pass may use: the validated inputs of one ``solve`` call (immutable; a
+    named tuple because it is built on every call, at a fraction of a frozen dataclass's cost).
 
     weights: float64 [L, E]; window: float64 [T, L, E] or None; previous: int64 [L, P'] or
     None; traffic: float64 [L, G, E] or None. dispatch: "even" | "nearest"; load_slack:
-    float >= 0; keep_node: bool [L], layers solved hierarchically (replicas stay on their
-    node); policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
+    float >= 0; winner: int8 [L], GLOBAL or HIERARCHICAL per layer (see ``keep_node``), or
+    None; policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
     """
 
     weights: np.ndarray
@@ -41,9 +42,14 @@ class SolveContext:
     traffic: Optional[np.ndarray]
     dispatch: str = "even"
     load_slack: float = 0.0
-    keep_node: Optional[np.ndarray] = None
+    winner: Optional[np.ndarray] = None
     policy: str = "plumb"
     movement: Optional[MovementOptions] = None
+
+    @property
+    def keep_node(self) -> Optional[np.ndarray]:
+        """bool [L], layers solved hierarchically (replicas stay on their node), or None."""
+        return None if self.winner is None else self.winner == HIERARCHICAL
 
 
 # Passes run in order on the balanced phy2log [L, P] and return a new one; the movement and
@@ -54,12 +60,21 @@ class SolveContext:
 PostPass = Callable[[np.ndarray, SolveContext], np.ndarray]
 
 
-def _post_passes() -> Tuple[PostPass, ...]:
-    """The post-passes in order; imported on the first solve, not with ``import plumb``."""
-    from ..locality import locality_pass
-    from ..movement import movement_pass
+@lru_cache(maxsize=None)
+def _extensions() -> Tuple[ModuleType, ModuleType, ModuleType]:
+    """(plumb.locality, plumb.movement, plumb.robust.objective): imported on the first solve,
+    not with ``import plumb`` (their import time), and looked up once."""
+    from .. import locality, movement
+    from ..robust import objective
 
-    return (locality_pass, movement_pass)
+    return locality, movement, objective
+
+
+@lru_cache(maxsize=None)
+def _post_passes() -> Tuple[PostPass, ...]:
+    """The post-passes in order."""
+    locality, movement, _ = _extensions()
+    return (locality.locality_pass, movement.movement_pass)
 
 
 def node_ranks_of(topo: Topology) -> Optional[np.ndarray]:
@@ -99,6 +114,14 @@ def _modes(hierarchy: str, num_groups: int, node_ranks: Optional[np.ndarray]) ->
     # DeepSeek's rule picks hierarchical iff num_groups % nodes == 0; one node is the global
     # problem. When it does, the global solution is tried too and the better kept per layer.
     return True, feasible and num_nodes > 1
+
+
+def _hierarchy_label(winner: np.ndarray) -> str:
+    """"global", "hierarchical" or "mixed" for the per-layer winners int8 [L]."""
+    num_hier = int(np.count_nonzero(winner))
+    if num_hier == 0:
+        return "global"
+    return "hierarchical" if num_hier == winner.shape[0] else "mixed"
 
 
 def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: int = 1,
@@ -161,11 +184,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     Returns:
         :class:`Placement`; ``metrics.hierarchy`` / ``layer_hierarchy`` say which policy won.
     """
-    # The locality, movement and robust packages load on the first solve (import-time cost).
-    from ..locality import DISPATCH_MODES, as_load_slack, as_traffic
-    from ..movement import as_movement_options
-    from ..robust.objective import as_objective, recency_weighted, robust_phy2log
-
+    locality, movement, robust = _extensions()
     topo = as_topology(topo)
     weights, window = as_loads(loads)
     num_layers, num_experts = weights.shape
@@ -173,7 +192,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     num_groups = as_int(num_groups, "num_groups", 1)
     policy = as_choice(policy, "policy", POLICIES)
     hierarchy = as_choice("auto" if hierarchy is None else hierarchy, "hierarchy", HIERARCHIES)
-    objective = as_objective(objective, window, policy, hierarchy, half_life)
+    objective = robust.as_objective(objective, window, policy, hierarchy, half_life)
     num_ranks = topo.num_ranks
     num_slots = num_experts + num_redundant
     slots = check_slots(num_experts, num_slots, num_ranks)
@@ -183,11 +202,11 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if previous is not None:
         previous = as_previous(previous, num_layers, num_experts, num_ranks)
     if traffic is not None:
-        traffic = as_traffic(traffic, num_layers, num_ranks, num_experts)
-    dispatch = as_choice(dispatch, "dispatch", DISPATCH_MODES)
-    load_slack = as_load_slack(load_slack)
-    movement = as_movement_options(move_budget, layers, previous, num_layers, num_slots,
-                                   dispatch)
+        traffic = locality.as_traffic(traffic, num_layers, num_ranks, num_experts)
+    dispatch = as_choice(dispatch, "dispatch", locality.DISPATCH_MODES)
+    load_slack = locality.as_load_slack(load_slack)
+    options = movement.as_movement_options(move_budget, layers, previous, num_layers,
+                                           num_slots, dispatch)
     node_ranks, speed = _kernel_topology(topo)
     solved = None
 
@@ -197,7 +216,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         balanced = weights
         if objective == "robust":
             try_global, try_hier = True, False
-            balanced = recency_weighted(window, half_life)
+            balanced = robust.recency_weighted(window, half_life)
         if node_ranks is None:
             node_ranks = np.arange(num_ranks, dtype=np.int64)[None, :]
         per_node = node_ranks.shape[1]
@@ -209,8 +228,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
                              num_experts * per_node < num_slots, stack_caps)
         phy2log, logcnt, _, rank_loads, winner, candidates = solved[:6]
         if objective == "robust":
-            phy2log = robust_phy2log(phy2log, window, caps, speed,
-                                     num_experts * num_ranks < num_slots, half_life)
+            phy2log = robust.robust_phy2log(phy2log, window, caps, speed,
+                                            num_experts * num_ranks < num_slots, half_life)
             logcnt = replica_counts(phy2log, num_experts)
             rank_loads = candidates = None
     else:
@@ -220,8 +239,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         rank_loads = candidates = None
 
     context = SolveContext(weights, window, topo, num_groups, previous, traffic,
-                           dispatch=dispatch, load_slack=load_slack,
-                           keep_node=winner == HIERARCHICAL, policy=policy, movement=movement)
+                           dispatch=dispatch, load_slack=load_slack, winner=winner,
+                           policy=policy, movement=options)
     for post_pass in _post_passes():
         passed = post_pass(phy2log, context)
         if passed is not phy2log:
@@ -233,9 +252,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     nearest_loads = dispatched_rank_loads(flows)
     if nearest_loads is not None:
         rank_loads = nearest_loads
-    num_hier = int(np.count_nonzero(winner))
-    labels = dict(hierarchy=str(_MODE_NAMES[min(num_hier, 1)]) if num_hier in (0, num_layers)
-                  else "mixed", layer_hierarchy=_MODE_NAMES[winner], candidate_max_load=candidates)
+    labels = dict(hierarchy=_hierarchy_label(winner), layer_hierarchy=_MODE_NAMES.take(winner),
+                  candidate_max_load=candidates)
     # The kernel scored its own solution; anything that changed it is scored here.
     unchanged = solved is not None and phy2log is solved[0] and rank_loads is solved[3]
     if unchanged and balanced is weights:

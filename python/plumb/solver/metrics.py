@@ -213,11 +213,11 @@ def traffic_flows(phy2log: np.ndarray, weights: np.ndarray, topo: Topology, traf
     """``plumb.locality.traffic_metrics`` of a validated placement, or None without
     per-source ``traffic`` under even dispatch (on topologies built from levels no placement
     changes traffic then: ``plumb.locality.placement_invariant``)."""
-    from ..locality import traffic_metrics
-    from ..locality.traffic import EVEN, dispatch_code
-
-    if traffic is None and dispatch_code(dispatch) == EVEN:
+    if traffic is None and dispatch == "even":
         return None
+    # Checks ``dispatch`` too (``evaluate`` passes it unchecked).
+    from ..locality import traffic_metrics
+
     return traffic_metrics(phy2log, weights, topo, traffic, dispatch)
 
 
@@ -234,10 +234,12 @@ def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo
                 bytes_per_expert: Optional[int]) -> Metrics:
     """``metrics`` plus moves vs ``previous`` and the traffic metrics ``flows`` (from
     ``traffic_flows``), when those are given."""
-    num_layers, num_experts = weights.shape
-    extras: Dict[str, Any] = {}
     if bytes_per_expert is not None:
         bytes_per_expert = as_int(bytes_per_expert, "bytes_per_expert", 0)
+    if previous is None and flows is None:
+        return metrics
+    num_layers, num_experts = weights.shape
+    extras: Dict[str, Any] = {}
     if previous is not None:
         previous = as_previous(previous, num_layers, num_experts, topo.num_ranks)
         extras["moves"] = moves_between(phy2log, previous, num_experts, topo.num_ranks,
@@ -249,7 +251,7 @@ def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo
                 previous, phy2log, topo, bytes_per_expert, num_experts))
     if flows is not None:
         extras["traffic"] = flows
-    return replace(metrics, **extras) if extras else metrics
+    return replace(metrics, **extras)
 
 
 def as_previous(previous: Any, num_layers: int, num_experts: int, num_ranks: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import numpy as np
+from numba import njit
 
 from ..errors import InputError
 
@@ -28,6 +29,20 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     return arr
 
 
+@njit(cache=True, nogil=True)
+def count_invalid(values):
+    """How many of ``values`` (float64 [N]) are NaN, infinite or negative.
+
+    One pass over the loads: two numpy reductions (min and max) cost more than the scan
+    itself at model sizes.
+    """
+    count = 0
+    for i in range(values.size):
+        # Comparisons with NaN are False, so NaN counts as invalid.
+        count += not (0.0 <= values[i] < np.inf)
+    return count
+
+
 def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Expert loads as float64 [L, E], plus the window [T, L, E] when one was given.
 
@@ -42,12 +57,10 @@ def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
                          f"{list(arr.shape)}")
     if arr.size == 0:
         raise InputError(f"loads must not be empty, got shape {list(arr.shape)}")
-    arr = arr.astype(np.float64, copy=False)
-    # Two reductions instead of two temporary arrays (min and max propagate NaN).
-    low, high = arr.min(), arr.max()
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise InputError("loads must be finite (no NaN or inf)")
-    if low < 0:
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if count_invalid(arr.reshape(-1)):
+        if not np.isfinite(arr).all():
+            raise InputError("loads must be finite (no NaN or inf)")
         raise InputError("loads must be >= 0")
     window = None
     if arr.ndim == 3:
@@ -55,7 +68,7 @@ def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         arr = arr.sum(axis=0)
     elif arr.ndim == 1:
         arr = arr[None, :]
-    return np.ascontiguousarray(arr), window
+    return arr, window
 
 
 def as_int(value: Any, name: str, minimum: int) -> int:
@@ -129,20 +142,19 @@ def as_caps(value: Any, num_experts: int, num_slots: int, num_ranks: int) -> np.
     lowered to G unless E * G < P forces some expert past G.
     """
     if value is None:
-        caps = np.full(num_experts, num_ranks, dtype=np.int64)
-    else:
-        arr = to_numpy(value, "max_replicas_per_expert")
-        if arr.ndim == 0:
-            arr = np.full(num_experts, arr)
-        if arr.shape != (num_experts,) or arr.dtype.kind not in "iu" or (arr < 1).any():
-            raise InputError(f"max_replicas_per_expert must be an int >= 1 or ints >= 1 of "
-                             f"shape [E] = [{num_experts}], got {value!r}")
-        caps = arr.astype(np.int64)
-        if num_experts * num_ranks >= num_slots:
-            caps = np.minimum(caps, num_ranks)
+        # E * G < P: some expert must exceed one replica per rank.
+        cap = num_ranks if num_experts * num_ranks >= num_slots else num_slots
+        return np.full(num_experts, cap, dtype=np.int64)
+    arr = to_numpy(value, "max_replicas_per_expert")
+    if arr.ndim == 0:
+        arr = np.full(num_experts, arr)
+    if arr.shape != (num_experts,) or arr.dtype.kind not in "iu" or (arr < 1).any():
+        raise InputError(f"max_replicas_per_expert must be an int >= 1 or ints >= 1 of "
+                         f"shape [E] = [{num_experts}], got {value!r}")
+    caps = arr.astype(np.int64)
+    if num_experts * num_ranks >= num_slots:
+        caps = np.minimum(caps, num_ranks)
     if caps.sum() < num_slots:
-        if value is None:  # E * G < P: some expert must exceed one replica per rank
-            return np.full(num_experts, num_slots, dtype=np.int64)
         raise InputError(f"max_replicas_per_expert allows only {int(caps.sum())} replicas in "
                          f"total; P = {num_slots} slots must be filled")
     return caps
