@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from ..errors import InputError
@@ -12,8 +13,13 @@ from ..topology import Topology
 def engine_topology(num_ranks: Any, num_nodes: Any) -> Topology:
     """``num_ranks`` ranks on ``num_nodes`` equal nodes; one node when they do not divide
     (vLLM and SGLang fall back to the global policy then, too)."""
-    num_ranks = as_int(num_ranks, "num_ranks", 1)
-    num_nodes = as_int(num_nodes, "num_nodes", 1)
+    return _engine_topology(as_int(num_ranks, "num_ranks", 1), as_int(num_nodes, "num_nodes", 1))
+
+
+@lru_cache(maxsize=64)
+def _engine_topology(num_ranks: int, num_nodes: int) -> Topology:
+    # Built once per shape: engines call the policy on every rebalance, and the solver keeps
+    # per-topology kernel inputs (topologies are immutable).
     if num_nodes > 1 and num_ranks % num_nodes == 0:
         return Topology.cluster(nodes=num_nodes, gpus_per_node=num_ranks // num_nodes)
     return Topology.flat(num_ranks)
