@@ -111,18 +111,22 @@ def _single_ranks(rep, cnt, slots):
 
 
 @njit(cache=True, nogil=True)
-def _route_model(phy2log, slots, weights, tokens, share, cost, level, nearest, rank_loads,
+def _route_model(phy2log, slots, weights, tokens, cost, level, nearest, rank_loads,
                  traffic_cost, level_tokens):
     """Every layer: rank loads [L, G], traffic cost [L] and tokens per level [L, 4] (outputs).
 
     Experts with one replica (most of them) are routed source by source over contiguous rows
-    of ``tokens``; replicated experts go through ``expert_routing``.
+    of ``tokens``; their whole load sits on their rank under either dispatch model. Replicated
+    experts go through ``expert_routing``, with their source shares (``source_traffic``)
+    computed here for just those experts.
     """
     num_layers, num_slots = phy2log.shape
     num_experts = weights.shape[1]
     num_ranks = cost.shape[0]
     ranks = np.empty(num_slots, dtype=np.int64)
     rep_load = np.empty(num_slots, dtype=np.float64)
+    column = np.empty(num_ranks, dtype=np.float64)
+    share = np.empty(num_ranks, dtype=np.float64)
     for layer in range(num_layers):
         rep, cnt = replica_lists(phy2log[layer], num_experts)
         single = _single_ranks(rep, cnt, slots)
@@ -139,19 +143,21 @@ def _route_model(phy2log, slots, weights, tokens, share, cost, level, nearest, r
                     continue
                 cost_sum += tok[e] * cost[s, r]
                 per_level[level[s, r]] += tok[e]
-                if nearest:
-                    loads[r] += weights[layer, e] * share[layer, s, e]
         for e in range(num_experts):
             c = cnt[e]
             if c == 1:
-                if not nearest:
-                    loads[single[e]] += weights[layer, e]
+                loads[single[e]] += weights[layer, e]
                 continue
             for i in range(c):
                 ranks[i] = rep[e, i] // slots
-            cost_sum += expert_routing(ranks, c, weights[layer, e], tokens[layer, :, e],
-                                       share[layer, :, e], cost, level, nearest, rep_load,
-                                       per_level)
+            total = 0.0
+            for s in range(num_ranks):
+                column[s] = tokens[layer, s, e]
+                total += column[s]
+            for s in range(num_ranks):
+                share[s] = column[s] / total if total > 0 else 1.0 / num_ranks
+            cost_sum += expert_routing(ranks, c, weights[layer, e], column, share, cost, level,
+                                       nearest, rep_load, per_level)
             for i in range(c):
                 loads[ranks[i]] += rep_load[i]
         traffic_cost[layer] = cost_sum
@@ -163,16 +169,20 @@ def _routing_table_model(phy2log, slots, num_experts, cost, table):
 
     Ties go round-robin by source rank (the (s mod k)-th of the k tied slots, ascending), so
     that sources spread over tied replicas as the even split of the load model assumes.
+    Written source-major (contiguous rows) for the lone replicas, then the replicated experts.
     """
     num_layers = phy2log.shape[0]
     num_ranks = cost.shape[0]
     for layer in range(num_layers):
         rep, cnt = replica_lists(phy2log[layer], num_experts)
         ranks = np.empty(rep.shape[1], dtype=np.int64)
+        for s in range(num_ranks):
+            row = table[layer, s]
+            for e in range(num_experts):
+                row[e] = rep[e, 0]
         for e in range(num_experts):
             c = cnt[e]
             if c == 1:
-                table[layer, :, e] = rep[e, 0]
                 continue
             for i in range(c):
                 ranks[i] = rep[e, i] // slots
@@ -195,8 +205,10 @@ def check_phy2log(phy2log: Any, num_experts: int, topo: Topology) -> np.ndarray:
     return as_phy2log(arr, "phy2log", num_layers, num_experts, topo.num_ranks)
 
 
-def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch: str):
-    """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], share, code, S)."""
+def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch: str,
+            need_share: bool = True):
+    """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], share, code, S);
+    share is empty [0, 0, 0] unless ``need_share``."""
     code = dispatch_code(dispatch)
     topo = as_topology(topo)
     weights, _ = as_loads(loads)
@@ -205,7 +217,7 @@ def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch
         raise InputError(f"loads must be [L, E] (or [T, L, E]) with L = {placement.shape[0]} "
                          f"layers of phy2log, got {list(np.shape(loads))}")
     counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, weights.shape[1])
-    tokens, share = source_traffic(counts, weights, topo.num_ranks)
+    tokens, share = source_traffic(counts, weights, topo.num_ranks, need_share)
     return placement, weights, topo, tokens, share, code, placement.shape[1] // topo.num_ranks
 
 
@@ -253,13 +265,13 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
             loads for "even").
         routing_table: int64 [L, G, E] for "nearest" (see ``routing_table``), else None.
     """
-    placement, weights, topo, tokens, share, code, slots = prepare(phy2log, loads, topo,
-                                                                   traffic, dispatch)
+    placement, weights, topo, tokens, _, code, slots = prepare(phy2log, loads, topo, traffic,
+                                                               dispatch, False)
     num_layers = placement.shape[0]
     rank_loads = np.empty((num_layers, topo.num_ranks))
     cost = np.empty(num_layers)
     level_tokens = np.empty((num_layers, 4))
-    _route_model(placement, slots, weights, tokens, share, topo.link_cost, topo.level,
+    _route_model(placement, slots, weights, tokens, topo.link_cost, topo.level,
                  code == NEAREST, rank_loads, cost, level_tokens)
     per_layer_total = level_tokens.sum(axis=1)
     safe = np.where(per_layer_total > 0, per_layer_total, 1.0)

@@ -19,6 +19,7 @@ inside one class keeps traffic cost, cross-node and cross-NUMA fractions and ran
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,11 @@ def interchangeable_ranks(topo: TopologyLike, traffic: Any = None,
     return labels
 
 
+# Topologies are immutable: whether uniform sources make every placement cost the same is
+# derived once per object (each solve under nearest dispatch asks).
+_UNIFORM_INVARIANT: "weakref.WeakKeyDictionary[Topology, bool]" = weakref.WeakKeyDictionary()
+
+
 def placement_invariant(topo: TopologyLike, traffic: Any = None, dispatch: str = "even",
                         single_replicas: bool = False) -> bool:
     """True when no placement can change the traffic metrics, so a locality pass is moot.
@@ -101,4 +107,9 @@ def placement_invariant(topo: TopologyLike, traffic: Any = None, dispatch: str =
     """
     if traffic is not None or (dispatch_code(dispatch) != EVEN and not single_replicas):
         return False
-    return bool(np.all(interchangeable_ranks(topo) == 0))
+    topo = as_topology(topo)
+    invariant = _UNIFORM_INVARIANT.get(topo)
+    if invariant is None:
+        invariant = bool(np.all(interchangeable_ranks(topo) == 0))
+        _UNIFORM_INVARIANT[topo] = invariant
+    return invariant

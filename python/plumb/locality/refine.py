@@ -4,33 +4,36 @@ Per layer, with ``cap = (1 + load_slack) * max(load / speed)`` of the input plac
 loads always computed under the dispatch model in use (nearest routing moves load between
 replicas):
 
-1. re-packing (plumb.locality.repack): the same replicas packed again nodes first (NUMA
-   domains first on a single node), each replica pinned towards the node whose sources send
-   it the most. Pinning levels (``PIN_FILLS``) are tried from the most pinned down (at most
-   ``_MAX_PACKINGS``); the first packing whose every rank stays within the cap and whose
-   traffic drops is taken. This is what moves expert groups across nodes when the balanced
-   solution is tight.
-2. swap search: swaps of two slots' experts between ranks (slots per rank and replica counts
-   stay fixed, so the placement invariants hold by construction). ``move[p, g]`` is the exact
-   change of the layer's traffic cost if the replica in slot p alone moved to rank g; traffic
-   cost is a sum over experts, so a swap of two different experts gains exactly
-   ``-(move[p, g2] + move[q, g1])``. Under even dispatch it is the replica's token-cost
-   difference (pulls experts to the ranks that send them most); under nearest dispatch it also
-   sees sources re-routing, so it spreads the replicas of an expert over the nodes and domains
-   whose sources use it. A swap is taken only if every rank whose load rises stays within the
-   cap; for each slot in order the best feasible swap is applied, and sweeps repeat until none
-   gains more than ``_MIN_GAIN`` of the layer's traffic cost or ``max_sweeps``. Target ranks
-   are visited best bound first, so the search stops as soon as no rank left can beat the
-   best swap found. Swaps never put a second replica of an expert on a rank.
+1. re-packing (plumb.locality.repack): the same replicas packed again, each pinned towards the
+   node (NUMA domain on a single node) whose sources send it the most. Pinning levels
+   (``PIN_FILLS``) are tried from the most pinned down (at most ``_MAX_PACKINGS``); the first
+   packing whose every rank stays within the cap and whose traffic drops is taken. This is
+   what moves expert groups across nodes when the balanced solution is tight (at zero slack
+   every rank sits within a few tokens of the maximum, so swaps alone find almost nothing).
+   At zero slack a layer that takes a re-packing is done.
+2. otherwise (or with slack), swaps of replicas whose load does not depend on where they sit (every replica
+   under even dispatch, lone replicas under nearest): plumb.locality.swaps, each slot against
+   the partners whose load fits.
+3. where no re-packing applies (one node and NUMA domain, groups of unequal size,
+   hierarchical layers) under nearest dispatch with replicated experts: the exact swap search
+   below. ``move[p, g]`` is the exact change of the layer's traffic cost if the replica in
+   slot p alone moved to rank g, seeing sources re-route, so it spreads the replicas of an
+   expert over the domains whose sources use it; a swap of two different experts gains
+   exactly ``-(move[p, g2] + move[q, g1])``. A swap is taken only if every rank whose load
+   rises stays within the cap; for each slot in order the best feasible swap is applied, and
+   sweeps repeat until none gains more than ``_MIN_GAIN`` of the layer's traffic cost or
+   ``max_sweeps``. Target ranks are visited best bound first.
 
-Hierarchical layers (``keep_node``) skip the re-packing and only swap within a node: the
-group-to-node packing that group-limited routing relies on stays intact and the pass improves
-NUMA and rank locality. Everything is sequential in a fixed order, so the result is
-deterministic.
+Swaps never put a second replica of an expert on a rank, and slots per rank and replica
+counts stay fixed. Hierarchical layers (``keep_node``) skip the re-packing and only swap
+within a node: the group-to-node packing that group-limited routing relies on stays intact and
+the pass improves NUMA and rank locality. Everything is sequential in a fixed order, so the
+result is deterministic.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -40,14 +43,15 @@ from ..errors import InputError
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists
 from .repack import PIN_FILLS, node_preferences, repack_layer
+from .swaps import fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
 
 # Swaps gaining less than this fraction of the layer's traffic cost are not taken: thousands
 # of such swaps per layer (NUMA reshuffles, multinomial noise) cost most of the search time
 # and move the cross-node share by well under 1%.
 _MIN_GAIN = 1e-4
-# Re-packings tried per layer (the first levels of PIN_FILLS).
-_MAX_PACKINGS = 4
+# Re-packings tried per layer (the first levels of PIN_FILLS); each costs about one balancing.
+_MAX_PACKINGS = 2
 
 
 @njit(cache=True, nogil=True)
@@ -452,12 +456,14 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
     load = np.empty(num_ranks, dtype=np.float64)
     limit = np.empty(num_ranks, dtype=np.float64)
     candidate = np.empty(num_slots, dtype=np.int64)
-    item_w = np.empty(num_slots, dtype=np.float64)
+    slot_load = np.empty(num_slots, dtype=np.float64)
+    movable = np.empty(num_slots, dtype=np.bool_)
     for layer in range(num_layers):
         row = phy2log[layer]
         w = weights[layer]
         tok = np.ascontiguousarray(tokens[layer].T)
-        shr = np.ascontiguousarray(share[layer].T)
+        # share is empty under even dispatch (only nearest routing reads it).
+        shr = np.ascontiguousarray(share[layer].T) if nearest else tok
         before = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer], nearest,
                               load)
         top = 0.0
@@ -468,23 +474,22 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
             limit[g] = cap_factor * top * speed[g] * (1.0 + 1e-12)
         after = before
         stats[layer, 3] = 0.0
-        if group_ranks.shape[0] > 1 and not keep_node[layer]:
+        repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
+        if repackable:
             _, cnt = replica_lists(row, num_experts)
-            k = 0
-            for e in range(num_experts):
-                for _ in range(cnt[e]):
-                    item_w[k] = w[e] / cnt[e]
-                    k += 1
             pref = node_preferences(token_cost[layer], group_ranks)
+            # Each node's share of an expert's sources: nearest routing only.
+            node_share = (node_preferences(shr, group_ranks) * group_ranks.shape[1] if nearest
+                          else pref)
             stacked = _stacked(row, slots)
-            # The most pinning whose packing fits the cap: tight layers need more free
-            # replicas. At zero slack whether a packing lands exactly within the cap is
-            # close to a coin flip per level, so a layer where _MAX_PACKINGS levels all
-            # miss is left to the swap search rather than packed at every level.
+            # The most pinning whose packing fits the cap; the next level (more free
+            # replicas) only when it misses, which the pair exchanges make rare.
             for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
                 # Distinct ranks for every replica are possible iff no expert has more than G.
-                repack_layer(row, slots, item_w, cnt, pref, speed, group_ranks, nearest,
-                             cnt.max() <= num_ranks, pin_fill, candidate)
+                # Lone replicas route the same under both models: pack as for even dispatch.
+                repack_layer(row, slots, w, cnt, pref, node_share, speed, group_ranks,
+                             nearest and cnt.max() > 1, cnt.max() <= num_ranks, pin_fill,
+                             limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, tok, shr, cost, level,
                                      token_cost[layer], nearest, load)
                 fits = _stacked(candidate, slots) <= stacked
@@ -495,8 +500,32 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                     after = value
                     stats[layer, 3] = 1.0
                     break
-        swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, token_cost[layer],
-                                  node_of_rank, nearest, keep_node[layer], limit, max_sweeps)
+        _, cnt = replica_lists(row, num_experts)
+        swaps = 0
+        # At zero slack a re-packing leaves little room: a sweep of swaps after it would add
+        # about 1% of traffic cut for about as much time again. With slack it follows.
+        done = stats[layer, 3] > 0 and cap_factor == 1.0
+        if done:
+            pass
+        elif nearest and cnt.max() > 1 and not repackable:
+            # Replicated experts re-route when they move: the exact search, which costs up to
+            # milliseconds per layer, only where no re-packing applies (one node and NUMA
+            # domain, unequal groups, hierarchical layers); elsewhere a failed re-packing is
+            # followed by the swaps of lone replicas below.
+            swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, token_cost[layer],
+                                      node_of_rank, nearest, keep_node[layer], limit,
+                                      max_sweeps)
+        else:
+            after = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer],
+                                 nearest, load)
+            for p in range(num_slots):
+                e = row[p]
+                slot_load[p] = w[e] / cnt[e]
+                movable[p] = not nearest or cnt[e] == 1
+            swaps, change = fixed_load_swaps(row, slots, cnt, slot_load, movable, load, limit,
+                                             token_cost[layer], node_of_rank, keep_node[layer],
+                                             _MIN_GAIN * (after + 1.0), max_sweeps)
+            after += change
         for r in range(num_ranks):
             row[r * slots:(r + 1) * slots] = np.sort(row[r * slots:(r + 1) * slots])
         stats[layer, 0] = swaps
@@ -504,14 +533,24 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
         stats[layer, 2] = after
 
 
+# Topologies are immutable: their groups are derived once per object.
+_GROUPS: "weakref.WeakKeyDictionary[Topology, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
 def _group_ranks(topo: Topology) -> np.ndarray:
     """int64 [groups, size]: ranks of each node, or of each NUMA domain when there is one node;
     [0, 0] when there is one group or the groups differ in size (no re-packing then)."""
+    cached = _GROUPS.get(topo)
+    if cached is not None:
+        return cached
     labels = topo.node_of_rank if topo.num_nodes > 1 else topo.numa_of_rank
     groups = [np.flatnonzero(labels == value) for value in np.unique(labels)]
     if len(groups) < 2 or len({len(g) for g in groups}) != 1:
-        return np.zeros((0, 0), dtype=np.int64)
-    return np.ascontiguousarray(np.stack(groups), dtype=np.int64)
+        cached = np.zeros((0, 0), dtype=np.int64)
+    else:
+        cached = np.ascontiguousarray(np.stack(groups), dtype=np.int64)
+    _GROUPS[topo] = cached
+    return cached
 
 
 def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any = None,
@@ -530,16 +569,16 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
         load_slack: float >= 0; max(rank load / speed) may grow to (1 + slack) x the input's.
         keep_node: bool [L] (or one bool): layers whose replicas must stay on their node
             (hierarchical layers). Default: none.
-        max_sweeps: int >= 1, passes of the swap search over all slots per layer (after a
-            re-packing most gains come in the first; more sweeps cost time for little).
+        max_sweeps: int >= 1, passes of the swap search over all slots per layer where it
+            runs (most gains come in the first; more sweeps cost time for little).
 
     Returns:
         (phy2log int64 [L, P], info dict with "swaps" int64 [L], "traffic_before" and
         "traffic_after" float64 [L], "repacked" bool [L]). Replica counts (logcnt) are
         unchanged; each rank's slots are sorted by expert id.
     """
-    placement, weights, topo, tokens, share, code, slots = prepare(phy2log, loads, topo,
-                                                                   traffic, dispatch)
+    placement, weights, topo, tokens, share, code, _ = prepare(phy2log, loads, topo, traffic,
+                                                              dispatch, dispatch == "nearest")
     slack = as_load_slack(load_slack)
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
         raise InputError(f"max_sweeps must be an int >= 1, got {max_sweeps!r}")
@@ -553,13 +592,26 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
         if keep.shape != (num_layers,):
             raise InputError(f"keep_node must be one bool or [L] = [{num_layers}] bools, "
                              f"got shape {list(keep.shape)}")
+    return refine_validated(placement, weights, topo, tokens, share, code == NEAREST, slack,
+                            keep, int(max_sweeps))
+
+
+def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
+                     tokens: np.ndarray, share: np.ndarray, nearest: bool, slack: float,
+                     keep: np.ndarray, max_sweeps: int):
+    """``improve_locality`` on validated inputs (``plumb.solve`` has validated them already).
+
+    placement int64 [L, P]; weights float64 [L, E]; tokens, share float64 [L, G, E]
+    (``source_traffic``; share may be empty under even dispatch); keep bool [L]. Returns what ``improve_locality`` returns.
+    """
+    num_layers = placement.shape[0]
     out = placement.copy()
     stats = np.zeros((num_layers, 4))
     # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
-    _refine_model(out, slots, weights, tokens, share, topo.link_cost, topo.level, token_cost,
-                  topo.rank_speed, topo.node_of_rank, _group_ranks(topo), code == NEAREST, keep, 1.0 + slack,
-                  int(max_sweeps), stats)
+    _refine_model(out, placement.shape[1] // topo.num_ranks, weights, tokens, share,
+                  topo.link_cost, topo.level, token_cost, topo.rank_speed, topo.node_of_rank,
+                  _group_ranks(topo), nearest, keep, 1.0 + slack, max_sweeps, stats)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
     return out, info

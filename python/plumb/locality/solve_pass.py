@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .equivalence import placement_invariant
-from .refine import improve_locality
-from .traffic import EVEN, dispatch_code
+from .refine import refine_validated
+from .traffic import source_traffic
 
 
 def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
@@ -19,15 +19,23 @@ def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
     traffic (``placement_invariant``); policy "deepseek" stays the exact greedy. Without
     traffic under even dispatch it does not run (pass uniform counts to optimise an explicit
     cost matrix for uniform sources). Layers solved hierarchically keep every replica on its
-    node (group-limited routing's node packing).
+    node (group-limited routing's node packing). ``solve`` has validated the inputs, so they
+    are used as they are.
     """
-    if context.policy != "plumb" or (context.traffic is None
-                                     and dispatch_code(context.dispatch) == EVEN):
+    # Every plain solve comes here: the common case returns at once.
+    if context.traffic is None and context.dispatch == "even" or context.policy != "plumb":
         return phy2log
-    if placement_invariant(context.topo, context.traffic, context.dispatch,
+    topo = context.topo
+    if placement_invariant(topo, context.traffic, context.dispatch,
                            phy2log.shape[1] == context.weights.shape[1]):
         return phy2log
-    out, _ = improve_locality(phy2log, context.weights, context.topo, context.traffic,
-                              context.dispatch, context.load_slack, keep_node=context.keep_node)
+    nearest = context.dispatch == "nearest"
+    tokens, share = source_traffic(context.traffic, context.weights, topo.num_ranks, nearest)
+    keep = context.keep_node
+    if keep is None:
+        keep = np.zeros(phy2log.shape[0], dtype=np.bool_)
+    out, _ = refine_validated(phy2log, context.weights, topo, tokens, share,
+                              nearest, context.load_slack,
+                              np.ascontiguousarray(keep, dtype=np.bool_), 2)
     # The same object when nothing moved, so that solve keeps the balancer's own scores.
     return phy2log if np.array_equal(out, phy2log) else out

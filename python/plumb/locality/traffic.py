@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -27,7 +28,7 @@ def as_load_slack(load_slack: Any) -> float:
         slack = float(load_slack)
     except (TypeError, ValueError):
         raise InputError(f"load_slack must be a number >= 0, got {load_slack!r}") from None
-    if isinstance(load_slack, bool) or not np.isfinite(slack) or slack < 0:
+    if isinstance(load_slack, bool) or not math.isfinite(slack) or slack < 0:
         raise InputError(f"load_slack must be a finite number >= 0 (0.01 = 1%), "
                          f"got {load_slack!r}")
     return slack
@@ -40,7 +41,8 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be an array of numbers") from None
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+    # Two reductions instead of boolean temporaries: a NaN fails the first comparison.
+    if arr.size and not (arr.min() >= 0 and arr.max() < np.inf):
         raise InputError(f"{name} must hold finite counts >= 0")
     return arr
 
@@ -65,7 +67,8 @@ def as_traffic(traffic: Any, num_layers: int, num_ranks: int, num_experts: int) 
     return np.ascontiguousarray(arr)
 
 
-def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks: int):
+def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks: int,
+                   need_share: bool = True):
     """Token counts per (layer, source, expert) and each expert's source shares.
 
     Args:
@@ -73,6 +76,8 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
             over ranks: each source sends weights[l, e] / G).
         weights: float64 [L, E], the expert loads the placement was balanced on.
         num_ranks: G.
+        need_share: False when only the tokens are used (even dispatch): share is then an
+            empty float64 [0, 0, 0].
 
     Returns:
         (tokens float64 [L, G, E], share float64 [L, G, E]): ``share[l, :, e]`` sums to 1 over
@@ -80,12 +85,15 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
         are ``weights * share`` routed, so they add up to the same loads as even dispatch.
     """
     num_layers, num_experts = weights.shape
+    share = np.empty((0, 0, 0), dtype=np.float64)
     if traffic is None:
         tokens = np.repeat((weights / num_ranks)[:, None, :], num_ranks, axis=1)
-        share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
+        if need_share:
+            share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
         return np.ascontiguousarray(tokens), share
-    share = np.empty_like(traffic)
-    _source_shares(traffic, share)
+    if need_share:
+        share = np.empty_like(traffic)
+        _source_shares(traffic, share)
     return traffic, share
 
 
