@@ -197,6 +197,45 @@ print(json.dumps({{"import_s": t1 - t0, "solve_s": t2 - t1}}))
 """
 
 
+def _spin():
+    """A jitted arithmetic loop (compiled on first use: numba is imported lazily here)."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def spin(n):
+        total = 0.0
+        for i in range(n):
+            total += np.sqrt(i * 1.0)
+        return total
+
+    return spin
+
+
+def thread_scaling(threads: int, repeats: int = 5) -> float:
+    """How much faster this machine runs ``threads`` copies of a numba arithmetic loop on
+    ``threads`` threads than one after the other (ideal: ``threads``); the best of
+    ``repeats``. Puts the parallel columns in context: shared or throttled vCPUs scale less."""
+    import threading
+
+    spin = _spin()
+    spin(10)
+    work = 10_000_000
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(threads):
+            spin(work)
+        serial = time.perf_counter() - start
+        workers = [threading.Thread(target=spin, args=(work,)) for _ in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        best = max(best, serial / (time.perf_counter() - start))
+    return best
+
+
 def cold_start(shp: Shape, warm_runs: int = 3) -> Dict[str, float]:
     """Fresh processes running ``import plumb; plumb.solve(...)`` on ``shp``.
 
@@ -348,7 +387,9 @@ def run(args: argparse.Namespace) -> int:
              "× = baseline time / plumb time. Δbal = per-layer balancedness of plumb minus "
              "deepseek's (same hierarchy mode); gap = plumb's lb_gap per layer."
              + (f" The {parallel}-thread columns split the layers over {parallel} threads "
-                f"(plumb.solver.threads; same placements)." if parallel > 1 else ""),
+                f"(plumb.solver.threads; same placements); on this machine {parallel} threads "
+                f"ran a numba arithmetic loop {thread_scaling(parallel):.2f}x as fast as one "
+                f"(ideal {parallel}x)." if parallel > 1 else ""),
              main_table(rows, parallel)]
     if case_rows:
         parts += ["Uniform routing and adversarial loads (one timed solve each):",
