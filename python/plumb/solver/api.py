@@ -166,7 +166,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             ``R[t, g]`` sums ``x'[t, e] / c_e`` over rank g's replicas (divided by its speed),
             ``a_t`` are the step weights (sum 1) and ``x'_t = (x_t + sum_s a_s x_s) / 2`` is
             each step shrunk halfway to the weighted mean step (against fitting sampling
-            noise); see :mod:`plumb.robust.model`.
+            noise); see :mod:`plumb.robust.model`. Layers with one replica per expert and
+            equal rank speeds, at most 20,000 packings, get the exact optimum of J (ties keep
+            the mean-objective packing; :mod:`plumb.robust.exact`).
         half_life: objective "robust" only: step t of T weighs ``0.5 ** ((T-1-t) / half_life)``
             (recent steps count more); None weighs all steps equally.
         load_slack: float >= 0: the locality pass may let each layer's max rank load / speed
