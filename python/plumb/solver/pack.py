@@ -124,7 +124,8 @@ def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, ha
         slot_e: int64 [bins, S], output: expert in each slot.
         slot_w: float64 [bins, S], output: load in each slot.
         load: float64 [bins], output: load of each bin.
-        has: int64 [bins, n], zeroed by the caller; output: replicas of each expert per bin.
+        has: int [bins, n] (int16 or wider), zeroed by the caller; output: replicas of each
+            expert per bin.
 
     Returns:
         (stacked, set_aside): how many items had to be stacked on a bin already holding their
@@ -190,19 +191,12 @@ def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
 
 
 @njit(cache=True, nogil=True)
-def lpt_pack(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
-    """Greedy LPT packing (arguments as :func:`lpt_pack_counted`); returns how many items had to
-    be stacked on a bin already holding their expert."""
-    return lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has)[0]
-
-
-@njit(cache=True, nogil=True)
 def repair_duplicates(slot_e, slot_w, load, speed, has):
     """Swaps stacked replicas away so that no bin holds an expert twice.
 
     Each duplicate is swapped with the item of another bin that raises the larger of the two
     bins' ``load / speed`` least, among swaps that create no new duplicate. Arrays as in
-    :func:`lpt_pack`, updated in place.
+    :func:`lpt_pack_counted`, updated in place.
 
     Returns:
         Duplicates left (0 unless no valid swap existed).

@@ -150,7 +150,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         slot_e: int64 [bins, S], output: local expert index in each slot.
         slot_w: float64 [bins, S], output: per-replica load in each slot.
         load: float64 [bins], output: load of each rank.
-        has: int64 [bins, >= n], scratch: replicas of each expert per rank.
+        has: int [bins, >= n] (int16 or wider), scratch: replicas of each expert per rank.
         stack_caps: int64 [n], replica caps of the stacking alternative (the caller's caps,
             or unlimited under the default caps: DeepSeek gives a hot expert more replicas
             than ranks).

@@ -206,7 +206,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         slot_item: int64 [bins, S], in/out: the replica in each slot.
         load: float64 [bins], in/out: rank loads (consistent with ``slot_item``).
         speed: float64 [bins], relative rank speeds.
-        has: int64 [bins, >= n], in/out: replicas of each expert per rank.
+        has: int [bins, >= n], in/out: replicas of each expert per rank.
         forbid_dup: only accept moves that put no expert twice on one rank.
         max_swaps, max_pairs: bounds on accepted swaps and pair exchanges (a safety net; the
             search normally stops earlier).
@@ -295,7 +295,7 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
     Args:
         slot_e, slot_w: int64 / float64 [bins, S], expert and load in each slot.
         load: float64 [bins], rank loads; speed: float64 [bins], relative rank speeds.
-        has: int64 [bins, >= n], replicas of each expert per rank (kept up to date).
+        has: int [bins, >= n], replicas of each expert per rank (kept up to date).
         forbid_dup: only accept swaps that put no expert twice on one rank.
         max_steps: bound on accepted swaps (a safety net; the search normally stops earlier).
 
