@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,6 +114,16 @@ def test_deterministic(problem):
     b = plumb.solve(loads.copy(), topo, num_redundant=num_redundant, num_groups=num_groups)
     assert np.array_equal(a.phy2log, b.phy2log)
     assert np.array_equal(a.rank_loads, b.rank_loads)
+
+
+@pytest.mark.parametrize("hierarchy", ["global", "hierarchical"])
+def test_kept_replica_move_then_stacked_alternative_keeps_counts_consistent(hierarchy):
+    # Found by hypothesis: the replica move was kept, then the stacked alternative packed the
+    # replicas of the counts from before the move; logcnt no longer matched phy2log.
+    loads = np.array([[0.44846196, 0.26597339, 0.7800778, 1.52263934, 3.11443119,
+                       1.11595038]])
+    p = plumb.solve(loads, 4, num_redundant=2, hierarchy=hierarchy)
+    check_invariants(p, loads)
 
 
 @settings(max_examples=40, deadline=None)

@@ -206,6 +206,9 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
     replica move only if ``recount``, the stacked packing only if ``try_stack`` (with the
     counts water-filled again under ``stack_caps`` if ``recap``, else on the current sorted
     items ``item_w`` / ``item_e``). Returns the maximum."""
+    # ``item_w`` / ``item_e`` hold the replicas of the counts on entry; a kept replica move
+    # changes ``counts``, so the stacked alternative restarts from these.
+    base_counts = counts.copy()
     trial_counts = counts.copy()
     trial_e = np.empty_like(slot_e)
     trial_w = np.empty_like(slot_w)
@@ -220,6 +223,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 water_fill(weights, slot_e.size, stack_caps, trial_counts)
                 sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
             else:
+                trial_counts[:] = base_counts
                 trial_item_w[:] = item_w
                 trial_item_e[:] = item_e
         else:
