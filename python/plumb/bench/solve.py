@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from numba import njit
 
 from .baselines import numpy_deepseek_rebalance
 from .results import bench_command, markdown_table, write_section
@@ -197,18 +198,13 @@ print(json.dumps({{"import_s": t1 - t0, "solve_s": t2 - t1}}))
 """
 
 
-def _spin():
-    """A jitted arithmetic loop (compiled on first use: numba is imported lazily here)."""
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def spin(n):
-        total = 0.0
-        for i in range(n):
-            total += np.sqrt(i * 1.0)
-        return total
-
-    return spin
+@njit(cache=True, nogil=True)
+def _spin(n):
+    """An arithmetic loop for :func:`thread_scaling` (no memory traffic, no GIL)."""
+    total = 0.0
+    for i in range(n):
+        total += np.sqrt(i * 1.0)
+    return total
 
 
 def thread_scaling(threads: int, repeats: int = 5) -> float:
@@ -217,16 +213,15 @@ def thread_scaling(threads: int, repeats: int = 5) -> float:
     ``repeats``. Puts the parallel columns in context: shared or throttled vCPUs scale less."""
     import threading
 
-    spin = _spin()
-    spin(10)
+    _spin(10)
     work = 10_000_000
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(threads):
-            spin(work)
+            _spin(work)
         serial = time.perf_counter() - start
-        workers = [threading.Thread(target=spin, args=(work,)) for _ in range(threads)]
+        workers = [threading.Thread(target=_spin, args=(work,)) for _ in range(threads)]
         start = time.perf_counter()
         for worker in workers:
             worker.start()

@@ -43,7 +43,7 @@ from ..errors import InputError
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists
 from .repack import PIN_FILLS, node_preferences, repack_layer
-from .swaps import fixed_load_swaps
+from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
 
 # Swaps gaining less than this fraction of the layer's traffic cost are not taken: thousands
@@ -387,12 +387,7 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
             q = best_q
             g2 = q // slots
             e2 = slot_e[q]
-            slot_e[p] = e2
-            slot_e[q] = e1
-            has[g1, e1] -= 1
-            has[g2, e1] += 1
-            has[g2, e2] -= 1
-            has[g1, e2] += 1
+            exchange_slots(slot_e, has, slots, p, q)
             for i in range(cnt[e1]):
                 if rep[e1, i] == p:
                     rep[e1, i] = q

@@ -27,6 +27,22 @@ MAX_PARTNERS = 8
 
 
 @njit(cache=True, nogil=True)
+def exchange_slots(slot_e, has, slots, p, q):
+    """Swaps the experts of flat slots ``p`` and ``q`` (slot_e int64 [G * slots]) and their
+    counts in ``has`` int [G, E] (replicas of each expert per rank)."""
+    g1 = p // slots
+    g2 = q // slots
+    e1 = slot_e[p]
+    e2 = slot_e[q]
+    slot_e[p] = e2
+    slot_e[q] = e1
+    has[g1, e1] -= 1
+    has[g2, e1] += 1
+    has[g2, e2] -= 1
+    has[g1, e2] += 1
+
+
+@njit(cache=True, nogil=True)
 def _headroom(load, limit):
     """The most load any rank can still take (>= 0); float64 [G] each."""
     room = 0.0
@@ -140,12 +156,7 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             g2 = q // slots
             e2 = slot_e[q]
             w2 = sorted_load[where[q]]
-            slot_e[p] = e2
-            slot_e[q] = e1
-            has[g1, e1] -= 1
-            has[g2, e1] += 1
-            has[g2, e2] -= 1
-            has[g1, e2] += 1
+            exchange_slots(slot_e, has, slots, p, q)
             load[g1] += w2 - w1
             load[g2] += w1 - w2
             kp = where[p]

@@ -23,6 +23,8 @@ from math import factorial
 import numpy as np
 from numba import njit
 
+from .refine import step_objective
+
 # At most this many packings are enumerated per layer (E = P = 12, G = 4 has 15400).
 MAX_PACKINGS = 20_000
 # Relative tolerance under which two values of J count as a tie (float rounding of sums).
@@ -39,17 +41,6 @@ def exact_applies(num_experts: int, num_slots: int, speed: np.ndarray) -> bool:
     """Whether :func:`exact_packing` covers a layer: P == E, equal speeds [G], few packings."""
     return (num_slots == num_experts and bool(np.all(speed == speed[0]))
             and num_packings(num_experts, speed.shape[0]) <= MAX_PACKINGS)
-
-
-@njit(cache=True, nogil=True)
-def _partial_objective(times, step_w):
-    total = 0.0
-    for t in range(times.shape[0]):
-        top = 0.0
-        for g in range(times.shape[1]):
-            top = max(top, times[t, g])
-        total += step_w[t] * top
-    return total
 
 
 @njit(cache=True, nogil=True)
@@ -93,7 +84,7 @@ def exact_packing(x, step_w, slot_e):
     for g in range(bins):
         for k in range(slots):
             _add(times, x, slot_e[g, k], g, 1.0)
-    best = _partial_objective(times, step_w)
+    best = step_objective(times, step_w)
     best_top, best_squares = _mean_key(times, step_w, mean_g)
     best_is_start = True
     best_rank = np.empty(n, dtype=np.int64)
@@ -108,7 +99,7 @@ def exact_packing(x, step_w, slot_e):
     depth = 0
     while depth >= 0:
         if depth == n:
-            value = _partial_objective(times, step_w)
+            value = step_objective(times, step_w)
             top, squares = _mean_key(times, step_w, mean_g)
             if value < best * (1.0 - TIE) or (
                     value <= best * (1.0 + TIE) and not best_is_start
@@ -128,7 +119,7 @@ def exact_packing(x, step_w, slot_e):
                 if fill[g] == 1:
                     opened += 1
                 _add(times, x, depth, g, 1.0)
-                if _partial_objective(times, step_w) <= best * (1.0 + TIE):
+                if step_objective(times, step_w) <= best * (1.0 + TIE):
                     depth += 1
                     next_g[depth] = 0
                     continue
