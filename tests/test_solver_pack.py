@@ -115,10 +115,11 @@ def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(0, 600), st.integers(0, 2**32 - 1), st.sampled_from(["lognormal", "ties",
-                                                                         "zeros"]))
+@given(st.integers(0, 600), st.integers(0, 2**32 - 1),
+       st.sampled_from(["lognormal", "ties", "zeros", "close"]))
 def test_descending_order_is_a_stable_descending_sort(n, seed, kind):
-    # Both paths (merge sort below _RADIX_MIN values, radix sort from there) against numpy.
+    # Every path against numpy: rank counting below _RADIX_MIN values, the radix sort on the
+    # high half from there, and all eight bytes when values share the high half ("close").
     from plumb.solver.pack import descending_order
 
     rng = np.random.default_rng(seed)
@@ -126,8 +127,10 @@ def test_descending_order_is_a_stable_descending_sort(n, seed, kind):
         values = rng.lognormal(0.0, 2.0, n)
     elif kind == "ties":
         values = rng.integers(0, 4, n).astype(np.float64) / 3.0
-    else:
+    elif kind == "zeros":
         values = np.where(rng.random(n) < 0.5, 0.0, -0.0) * rng.integers(0, 2, n)
+    else:
+        values = 1.0 + rng.integers(0, 8, n) * 2.0**-50
     order = np.empty(n, dtype=np.int64)
     descending_order(values, order, np.empty(n, dtype=np.int64))
     np.testing.assert_array_equal(order, np.argsort(-values, kind="stable"))

@@ -22,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .pack import descending_order
 from .replicate import min_max_replica_load
+from .workspace import ORDER, SHARE, SORT_SCRATCH, workspace
 
 
 @njit(cache=True, nogil=True)
@@ -69,6 +71,13 @@ def layer_bound(weights, num_slots, speed):
     Args:
         weights: float64 [E]; num_slots: P; speed: float64 [G].
     """
+    fscratch, iscratch = workspace(weights.shape[0], 1, 1)
+    return layer_bound_with(weights, num_slots, speed, fscratch, iscratch)
+
+
+@njit(cache=True, nogil=True)
+def layer_bound_with(weights, num_slots, speed, fscratch, iscratch):
+    """:func:`layer_bound` with the scratch of a ``workspace`` for >= E experts."""
     num_experts = weights.shape[0]
     bins = speed.shape[0]
     top_speed = speed.max()
@@ -76,9 +85,13 @@ def layer_bound(weights, num_slots, speed):
         bound = max(weights.sum() / speed.sum(), weights.max() / top_speed)
     else:
         bound = max(weights.sum() / speed.sum(),
-                    min_max_replica_load(weights, num_slots, bins) / top_speed)
+                    min_max_replica_load(weights, num_slots, bins, fscratch, iscratch) / top_speed)
     if num_slots == num_experts and num_experts > bins:
-        heaviest = np.sort(weights)[::-1]
+        order = iscratch[ORDER, :num_experts]
+        descending_order(weights, order, iscratch[SORT_SCRATCH, :num_experts])
+        heaviest = fscratch[SHARE, :num_experts]
+        for i in range(num_experts):
+            heaviest[i] = weights[order[i]]
         bound = max(bound, cardinality_bound(heaviest, bins) / top_speed)
     return bound
 
@@ -86,5 +99,6 @@ def layer_bound(weights, num_slots, speed):
 @njit(cache=True, nogil=True)
 def layer_lower_bounds(weights, num_slots, speed, out):
     """:func:`layer_bound` of every layer of ``weights`` float64 [L, E] into ``out`` float64 [L]."""
+    fscratch, iscratch = workspace(weights.shape[1], 1, 1)
     for layer in range(weights.shape[0]):
-        out[layer] = layer_bound(weights[layer], num_slots, speed)
+        out[layer] = layer_bound_with(weights[layer], num_slots, speed, fscratch, iscratch)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .bounds import layer_bound
+from .bounds import layer_bound_with
+from .pack import descending_order
 from .place import place, time_max
 from .placement import log2phy_of
 from .threads import run_layers
+from .workspace import node_workspace, workspace
 
 GLOBAL = 0
 HIERARCHICAL = 1
@@ -16,7 +18,7 @@ HIERARCHICAL = 1
 
 @njit(cache=True, nogil=True)
 def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup, beat, counts,
-                        slot_e, slot_w, load, has, stack_caps):
+                        slot_e, slot_w, load, has, stack_caps, fscratch, iscratch, nw):
     """Hierarchical policy for one layer (DeepSeek's structure, each step balanced better).
 
     Whole expert groups go to nodes (equal group count per node, balancing node load / node
@@ -28,6 +30,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
         num_groups: expert groups (contiguous blocks of E / num_groups experts).
         beat: the max rank time to beat; when even the node loads (the groups' placement)
             rule out reaching it, the nodes are not solved.
+        fscratch, iscratch, nw: ``workspace`` and ``NodeWorkspace`` of this layer shape.
         other arguments and outputs: as :func:`place` over all G ranks and E experts (``slot_e``
         holds global expert ids).
 
@@ -39,43 +42,51 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     slots = slot_e.shape[1]
     group_size = num_experts // num_groups
     groups_per_node = num_groups // nodes
-    group_w = np.zeros(num_groups, dtype=np.float64)
+    group_w = nw.group_w
+    group_w[:] = 0.0
     for e in range(num_experts):
         group_w[e // group_size] += weights[e]
-    node_speed = np.zeros(nodes, dtype=np.float64)
+    node_speed = nw.node_speed
     for n in range(nodes):
+        node_speed[n] = 0.0
         for i in range(gpn):
             node_speed[n] += speed[node_ranks[n, i]]
-    group_slot = np.empty((nodes, groups_per_node), dtype=np.int64)
-    node_load = np.empty(nodes, dtype=np.float64)
-    single = np.ones(num_groups, dtype=np.int64)
-    place(group_w, single, node_speed, True, np.empty(num_groups, dtype=np.int64), group_slot,
-          np.empty((nodes, groups_per_node), dtype=np.float64), node_load,
-          np.empty((nodes, num_groups), dtype=np.int64), single, 0.0)
+    node_load = nw.node_load
+    place(group_w, nw.group_ones, node_speed, True, nw.group_counts, nw.group_slot,
+          nw.group_slot_w, node_load, has[:nodes, :num_groups], nw.group_ones, 0.0, fscratch,
+          iscratch)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
             return False
     local_n = groups_per_node * group_size
-    ids = np.empty(local_n, dtype=np.int64)
-    local_w = np.empty(local_n, dtype=np.float64)
-    local_caps = np.empty(local_n, dtype=np.int64)
-    local_stack_caps = np.empty(local_n, dtype=np.int64)
-    local_counts = np.empty(local_n, dtype=np.int64)
-    local_speed = np.empty(gpn, dtype=np.float64)
-    local_e = np.empty((gpn, slots), dtype=np.int64)
-    local_sw = np.empty((gpn, slots), dtype=np.float64)
-    local_load = np.empty(gpn, dtype=np.float64)
+    ids = nw.ids
+    local_w = nw.local_w
+    local_caps = nw.local_caps
+    local_stack_caps = nw.local_stack_caps
+    local_counts = nw.local_counts
+    local_speed = nw.local_speed
+    local_e = nw.local_e
+    local_sw = nw.local_w_slots
+    local_load = nw.local_load
     local_has = has[:gpn, :local_n]
+    node_groups = nw.node_groups
     # Heaviest node first: a lighter node's alternatives are skipped once its busiest rank is
     # no busier than one already placed (it cannot lower the layer's maximum).
-    node_time = np.empty(nodes, dtype=np.float64)
     for n in range(nodes):
-        node_time[n] = -node_load[n] / node_speed[n]
+        nw.node_time[n] = node_load[n] / node_speed[n]
+    descending_order(nw.node_time, nw.node_order, nw.node_scratch)
     worst = 0.0
-    for n in np.argsort(node_time, kind="mergesort"):
-        # Ascending group order keeps the node's expert list independent of packing order.
-        node_groups = np.sort(group_slot[n])
+    for n in nw.node_order:
+        # Ascending group order keeps the node's expert list independent of packing order
+        # (insertion sort: a node holds few groups, and ndarray.sort allocates).
+        for k in range(groups_per_node):
+            g = nw.group_slot[n, k]
+            j = k - 1
+            while j >= 0 and node_groups[j] > g:
+                node_groups[j + 1] = node_groups[j]
+                j -= 1
+            node_groups[j + 1] = g
         for k in range(groups_per_node):
             for j in range(group_size):
                 e = node_groups[k] * group_size + j
@@ -87,7 +98,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
             local_speed[i] = speed[node_ranks[n, i]]
         worst = max(worst, place(local_w, local_caps, local_speed, allow_dup, local_counts,
                                  local_e, local_sw, local_load, local_has, local_stack_caps,
-                                 worst))
+                                 worst, fscratch, iscratch))
         for j in range(local_n):
             counts[ids[j]] = local_counts[j]
         for i in range(gpn):
@@ -118,23 +129,25 @@ def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
 
 @njit(cache=True, nogil=True)
 def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
-               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound):
+               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound, fscratch,
+               iscratch, nw):
     """Solves one layer with the policies asked for; returns the winner (GLOBAL or HIERARCHICAL).
 
     ``g`` and ``h`` are (counts, slot_e, slot_w, load) scratch of the two policies; the winner's
     hold the solution. ``candidate`` float64 [2], output: each policy's max rank time (inf if
     not run, or if the hierarchical one was cut short because it could not win). Ties go to
     the hierarchical policy (it keeps groups within a node). ``bound``: the layer's lower
-    bound; a global solution meeting it is not searched further.
+    bound; a global solution meeting it is not searched further. ``fscratch``, ``iscratch``,
+    ``nw``: scratch (``workspace``, ``node_workspace``).
     """
     candidate[:] = np.inf
     if try_global:
         # Global policy: all ranks interchangeable.
         candidate[GLOBAL] = place(weights, caps, speed, allow_dup_global, g[0], g[1], g[2],
-                                  g[3], has, stack_caps, bound)
+                                  g[3], has, stack_caps, bound, fscratch, iscratch)
     if try_hier and _hierarchical_layer(weights, caps, speed, node_ranks, num_groups,
                                         allow_dup_hier, candidate[GLOBAL], h[0], h[1], h[2],
-                                        h[3], has, stack_caps):
+                                        h[3], has, stack_caps, fscratch, iscratch, nw):
         candidate[HIERARCHICAL] = time_max(h[3], speed)
     return HIERARCHICAL if candidate[HIERARCHICAL] <= candidate[GLOBAL] else GLOBAL
 
@@ -170,13 +183,16 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
          np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
     # Replicas per (rank, expert): at most S, and int16 keeps the matrix in cache.
     has = np.empty((bins, num_experts), dtype=np.int16)
+    fscratch, iscratch = workspace(num_experts, bins, slots)
+    nodes, gpn = node_ranks.shape
+    nw = node_workspace(num_experts, num_groups, nodes, gpn, slots)
     total_speed = speed.sum()
     for layer in layers:
         w = weights[layer]
-        bound[layer] = layer_bound(w, num_slots, speed)
+        bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
         mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
                           allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
-                          stack_caps, bound[layer])
+                          stack_caps, bound[layer], fscratch, iscratch, nw)
         best = h if mode == HIERARCHICAL else g
         winner[layer] = mode
         _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])

@@ -23,7 +23,11 @@ from numba import njit
 
 from .pack import descending_order, lpt_place, repair_duplicates
 from .refine import refine_items, refine_slots, refine_swaps, slots_of_items
-from .replicate import water_fill
+from .mintree import tree_size
+from .replicate import water_fill_into
+from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, SHARE, SLOT_ITEM,
+                        SORT_SCRATCH, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
+                        TRIAL_LOAD, TRIAL_W, workspace)
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
 RECOUNT_SLACK = 1e-2
@@ -34,19 +38,20 @@ PAIR_PARTNERS = 4
 
 
 @njit(cache=True, nogil=True)
-def sorted_items(weights, counts, item_w, item_e):
+def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
     """Expands ``counts[e]`` replicas of each expert (each ``w_e / c_e``) into ``item_w`` /
-    ``item_e`` (float64 / int64 [sum(counts)]), heaviest first.
+    ``item_e`` (float64 / int64 [sum(counts)]), heaviest first; ``fscratch`` /
+    ``iscratch``: the scratch of a ``workspace`` for >= n experts.
 
     An expert's replicas weigh the same: sorting the n experts orders all the items (ties by
     expert, as a stable sort of the expanded items would).
     """
     n = weights.shape[0]
-    share = np.empty(n, dtype=np.float64)
+    share = fscratch[SHARE, :n]
     for e in range(n):
         share[e] = weights[e] / counts[e]
-    order = np.empty(n, dtype=np.int64)
-    descending_order(share, order, np.empty(n, dtype=np.int64))
+    order = iscratch[ORDER, :n]
+    descending_order(share, order, iscratch[SORT_SCRATCH, :n])
     i = 0
     for e in order:
         for _ in range(counts[e]):
@@ -57,20 +62,22 @@ def sorted_items(weights, counts, item_w, item_e):
 
 @njit(cache=True, nogil=True)
 def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, partners,
-               floor):
+               floor, fscratch, iscratch):
     """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``
     (with pair exchanges against ``partners`` lightest ranks, stopping at ``floor``: see
     :func:`plumb.solver.refine.refine_items`).
 
-    ``has`` (int [bins, >= n]) is reset here and left counting the packing's replicas.
+    ``has`` (int [bins, >= n]) is reset here and left counting the packing's replicas;
+    ``fscratch`` / ``iscratch``: the scratch of a ``workspace`` for >= m replicas on >= bins
+    ranks.
 
     Returns:
         (max time, whether the no-stacking rule changed the LPT packing at all).
     """
     has[:, :] = 0
-    slot_item = np.empty(slot_e.shape, dtype=np.int64)
+    slot_item = iscratch[SLOT_ITEM, :slot_e.size].reshape(slot_e.shape)
     stacked, set_aside = lpt_place(item_w, item_e, speed, not allow_dup, slot_e, slot_w, load,
-                                   has, slot_item)
+                                   has, slot_item, fscratch, iscratch)
     steps = 4 * item_w.shape[0] + 16
     if stacked > 0 and not allow_dup:
         repair_duplicates(slot_e, slot_w, load, speed, has)
@@ -79,7 +86,7 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
     elif refine:
         # The item list is already sorted by weight: refine on it directly.
         refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup, steps, steps,
-                     partners, floor)
+                     partners, floor, fscratch, iscratch)
         slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
     return time_max(load, speed), set_aside > 0
 
@@ -92,11 +99,13 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
     Returns:
         (max time, whether the no-stacking rule changed the LPT packing at all).
     """
-    item_w = np.empty(slot_e.size, dtype=np.float64)
-    item_e = np.empty(slot_e.size, dtype=np.int64)
-    sorted_items(weights, counts, item_w, item_e)
+    bins, slots = slot_e.shape
+    fscratch, iscratch = workspace(weights.shape[0], bins, slots)
+    item_w = fscratch[ITEM_W, :slot_e.size]
+    item_e = iscratch[ITEM_E, :slot_e.size]
+    sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, 0,
-                      0.0)
+                      0.0, fscratch, iscratch)
 
 
 @njit(cache=True, nogil=True)
@@ -138,7 +147,7 @@ def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
 
 @njit(cache=True, nogil=True)
 def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps,
-          floor):
+          floor, fscratch, iscratch):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
 
     Args:
@@ -157,25 +166,30 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         floor: a time the caller cannot use anything below (a lower bound of the layer, or
             the busiest rank elsewhere); at or under it the alternatives and pair exchanges
             are skipped.
+        fscratch, iscratch: the scratch of a ``workspace`` for >= n experts and >= bins * S
+            replicas on >= bins ranks.
 
     Returns:
         The largest ``load / speed``.
     """
     bins, slots = slot_e.shape
-    item_w = np.empty(bins * slots, dtype=np.float64)
-    item_e = np.empty(bins * slots, dtype=np.int64)
+    n = weights.shape[0]
+    item_w = fscratch[ITEM_W, :bins * slots]
+    item_e = iscratch[ITEM_E, :bins * slots]
     ideal = weights.sum() / speed.sum()
     enough = max(ideal * (1.0 + 1e-9), floor)
-    if weights.shape[0] == bins * slots:
+    if n == bins * slots:
         counts[:] = 1
-        sorted_items(weights, counts, item_w, item_e)
+        sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
         return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True, 0,
-                          enough)[0]
-    water_fill(weights, bins * slots, caps, counts)
-    sorted_items(weights, counts, item_w, item_e)
+                          enough, fscratch, iscratch)[0]
+    size = tree_size(n)
+    water_fill_into(weights, bins * slots, caps, counts, fscratch[FILL_KEYS, :size],
+                    iscratch[FILL_TREE, :size])
+    sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     partners = PAIR_PARTNERS if slots <= PAIR_SLOTS and not allow_dup else 0
     top, constrained = pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
-                                  True, partners, enough)
+                                  True, partners, enough, fscratch, iscratch)
     if allow_dup:
         return top
     if top > enough:
@@ -186,7 +200,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         if recount or constrained or caps_bind:
             top = _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                                 recount, stack_caps, constrained or caps_bind, caps_bind,
-                                item_w, item_e, partners, enough)
+                                item_w, item_e, partners, enough, fscratch, iscratch)
     return top
 
 
@@ -201,27 +215,36 @@ def _caps_bind(counts, caps, stack_caps):
 
 @njit(cache=True, nogil=True)
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
-                  stack_caps, try_stack, recap, item_w, item_e, partners, enough):
+                  stack_caps, try_stack, recap, item_w, item_e, partners, enough, fscratch,
+                  iscratch):
     """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
     replica move only if ``recount``, the stacked packing only if ``try_stack`` (with the
     counts water-filled again under ``stack_caps`` if ``recap``, else on the current sorted
     items ``item_w`` / ``item_e``). Returns the maximum."""
+    n = weights.shape[0]
+    bins, slots = slot_e.shape
+    m = slot_e.size
     # ``item_w`` / ``item_e`` hold the replicas of the counts on entry; a kept replica move
     # changes ``counts``, so the stacked alternative restarts from these.
-    base_counts = counts.copy()
-    trial_counts = counts.copy()
-    trial_e = np.empty_like(slot_e)
-    trial_w = np.empty_like(slot_w)
-    trial_load = np.empty_like(load)
-    trial_item_w = np.empty_like(item_w)
-    trial_item_e = np.empty_like(item_e)
+    base_counts = iscratch[BASE_COUNTS, :n]
+    base_counts[:] = counts
+    trial_counts = iscratch[TRIAL_COUNTS, :n]
+    trial_counts[:] = counts
+    trial_e = iscratch[TRIAL_E, :m].reshape((bins, slots))
+    trial_w = fscratch[TRIAL_W, :m].reshape((bins, slots))
+    trial_load = fscratch[TRIAL_LOAD, :bins]
+    trial_item_w = fscratch[TRIAL_ITEM_W, :m]
+    trial_item_e = iscratch[TRIAL_ITEM_E, :m]
     for stack in (False, True):
         if stack:
             if not try_stack:
                 continue
             if recap:
-                water_fill(weights, slot_e.size, stack_caps, trial_counts)
-                sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
+                size = tree_size(n)
+                water_fill_into(weights, m, stack_caps, trial_counts, fscratch[FILL_KEYS, :size],
+                                iscratch[FILL_TREE, :size])
+                sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch,
+                             iscratch)
             else:
                 trial_counts[:] = base_counts
                 trial_item_w[:] = item_w
@@ -234,10 +257,11 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 continue
             trial_counts[gainer] += 1
             trial_counts[donor] -= 1
-            sorted_items(weights, trial_counts, trial_item_w, trial_item_e)
+            sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
         # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
         trial = pack_items(trial_item_w, trial_item_e, speed, stack, trial_e, trial_w,
-                           trial_load, has, not stack, partners, enough)[0]
+                           trial_load, has, not stack, partners, enough, fscratch,
+                           iscratch)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
                          4 * slot_e.size + 16)

@@ -26,6 +26,8 @@ from numba import njit
 
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
+from .workspace import (BUSY, BUSY_TREE, INV_SPEED, LIGHT, LIGHT_TREE, LIGHTEST, OWNER, POSITION,
+                        TIME, workspace)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
@@ -146,11 +148,11 @@ def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
 
 @njit(cache=True, nogil=True)
 def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
-               lightest):
+               lightest, time):
     """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
-    returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``."""
+    returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``.
+    ``time`` float64 [bins]: scratch."""
     bins, slots = slot_item.shape
-    time = np.empty(bins, dtype=np.float64)
     for r in range(bins):
         time[r] = load[r] * inv_speed[r]
     found = _lightest(time, h, partners, lightest)
@@ -197,7 +199,7 @@ def _lightest(time, skip, count, out):
 
 @njit(cache=True, nogil=True)
 def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps, max_pairs,
-                 partners, floor):
+                 partners, floor, fscratch, iscratch):
     """Improves a packing given as a weight-sorted replica list, in place.
 
     Args:
@@ -213,33 +215,40 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         partners: lightest ranks tried for pair exchanges when swaps are stuck (0: none).
         floor: stop once the busiest rank's time is at most this (a lower bound, or a time
             the caller cannot use anything below).
+        fscratch, iscratch: the scratch of a ``workspace`` for >= m replicas on >= bins
+            ranks.
 
     Returns:
         (swaps, pair exchanges) applied.
     """
     bins, slots = slot_item.shape
-    owner = np.empty(item_w.shape[0], dtype=np.int64)
-    position = np.empty(item_w.shape[0], dtype=np.int64)
+    m = item_w.shape[0]
+    owner = iscratch[OWNER, :m]
+    position = iscratch[POSITION, :m]
     for r in range(bins):
         for k in range(slots):
             owner[slot_item[r, k]] = r
             position[slot_item[r, k]] = k
     size = tree_size(bins)
     # busy: min-tree of -time, so its root is the busiest rank (lowest index on ties).
-    busy = np.full(size, np.inf)
-    busy_tree = np.empty(size, dtype=np.int64)
-    light = np.full(size, np.inf)
-    light_tree = np.empty(size, dtype=np.int64)
+    busy = fscratch[BUSY, :size]
+    busy_tree = iscratch[BUSY_TREE, :size]
+    light = fscratch[LIGHT, :size]
+    light_tree = iscratch[LIGHT_TREE, :size]
+    busy[bins:] = np.inf
+    light[bins:] = np.inf
     # Times are load * (1 / speed) throughout the search: a multiply instead of a divide per
     # candidate, and the same rounding everywhere.
-    inv_speed = 1.0 / speed
+    inv_speed = fscratch[INV_SPEED, :bins]
     for r in range(bins):
+        inv_speed[r] = 1.0 / speed[r]
         busy[r] = -load[r] * inv_speed[r]
         light[r] = load[r]
     tree_build(busy, busy_tree)
     tree_build(light, light_tree)
     max_speed = speed.max()
-    lightest = np.empty(max(partners, 1), dtype=np.int64)
+    lightest = iscratch[LIGHTEST, :bins]
+    time = fscratch[TIME, :bins]
     swaps = 0
     pairs = 0
     while swaps < max_swaps:
@@ -255,7 +264,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             swaps += 1
         elif partners > 0 and bins > 1 and pairs < max_pairs:
             x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
-                                        forbid_dup, h, best, partners, lightest)
+                                        forbid_dup, h, best, partners, lightest, time)
             if x1 < 0:
                 break
             partner = owner[y1]
@@ -277,13 +286,15 @@ def refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_swaps, max_pa
                  floor):
     """:func:`refine_items` on a packing given as slot arrays (updated in place; each rank's
     slots sorted by load on return)."""
+    bins, slots = slot_e.shape
     m = slot_e.size
     item_w = np.empty(m, dtype=np.float64)
     item_e = np.empty(m, dtype=np.int64)
     slot_item = np.empty(slot_e.shape, dtype=np.int64)
     items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
+    fscratch, iscratch = workspace(1, bins, slots)
     done = refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps,
-                        max_pairs, partners, floor)
+                        max_pairs, partners, floor, fscratch, iscratch)
     slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
     return done
 

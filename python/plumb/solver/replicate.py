@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from .mintree import tree_build, tree_min, tree_size, tree_update
+from .workspace import BASE_COUNTS, FILL_KEYS, FILL_TREE, TRIAL_COUNTS
 
 
 @njit(cache=True, nogil=True)
@@ -31,12 +32,19 @@ def water_fill(weights, num_slots, caps, counts):
     Returns:
         True when the caps were respected, False when they had to be dropped.
     """
+    size = tree_size(weights.shape[0])
+    return water_fill_into(weights, num_slots, caps, counts, np.empty(size, dtype=np.float64),
+                           np.empty(size, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def water_fill_into(weights, num_slots, caps, counts, keys, tree):
+    """:func:`water_fill` with its tree in ``keys`` float64 / ``tree`` int64
+    [``tree_size(n)``] (scratch)."""
     n = weights.shape[0]
     # A min-tree over -w_e / c_e: its root is the expert with the largest per-replica load,
     # lowest index on ties; experts at their cap sit at +inf.
-    size = tree_size(n)
-    keys = np.full(size, np.inf)
-    tree = np.empty(size, dtype=np.int64)
+    keys[:] = np.inf
     for e in range(n):
         counts[e] = 1
         if caps[e] > 1:
@@ -58,19 +66,23 @@ def water_fill(weights, num_slots, caps, counts):
 
 
 @njit(cache=True, nogil=True)
-def min_max_replica_load(weights, num_slots, cap):
+def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     """``T*``: the smallest achievable ``max_e w_e / c_e`` over counts with ``1 <= c_e <= cap``.
 
     Args:
         weights: float64 [n]; num_slots: total replicas (>= n); cap: int >= 1.
+        fscratch, iscratch: the scratch of a ``workspace`` for >= n experts.
 
     Replicas beyond ``n * cap`` cannot lower any rank's load below ``w_e / cap`` (one rank then
     holds several replicas of an expert), so they are not handed out.
     """
     n = weights.shape[0]
-    caps = np.full(n, cap, dtype=np.int64)
-    counts = np.empty(n, dtype=np.int64)
-    water_fill(weights, min(num_slots, n * cap), caps, counts)
+    caps = iscratch[BASE_COUNTS, :n]
+    caps[:] = cap
+    counts = iscratch[TRIAL_COUNTS, :n]
+    size = tree_size(n)
+    water_fill_into(weights, min(num_slots, n * cap), caps, counts, fscratch[FILL_KEYS, :size],
+                    iscratch[FILL_TREE, :size])
     best = 0.0
     for e in range(n):
         best = max(best, weights[e] / counts[e])

@@ -1,0 +1,112 @@
+"""Scratch arrays for the packing kernels, allocated once per whole-model solve.
+
+One layer calls the replication, sort, packing and search kernels several times (for each
+node and for the groups in the hierarchical policy, again for the alternatives of
+:func:`plumb.solver.place.place`), and each call needs a dozen small arrays. Allocating them
+per call took more than a hundred allocations per layer, about a fifth of a layer's solve
+on the DeepSeek-V3 shapes.
+
+The scratch is two matrices, ``fscratch`` float64 and ``iscratch`` int64, one row per buffer
+(the row constants below), each row long enough for the largest sub-problem; kernels take
+prefix views (``iscratch[OWNER, :m]``). Two arrays rather than a tuple of twenty-eight:
+numba passes a tuple member by member and reference-counts every member at every call,
+which cost more than the allocations saved. No two kernels that are live at the same time
+use one row.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from .mintree import tree_size
+
+# fscratch rows. m: replicas (ranks x slots); n: experts; b: ranks; t(x): tree leaves.
+ITEM_W = 0        # [m] the replica list of ``place``, heaviest first
+TRIAL_ITEM_W = 1  # [m] the replica list of an alternative
+TRIAL_W = 2       # [m] an alternative's packing, viewed as [b, S]
+SHARE = 3         # [n] per-replica load of each expert
+FILL_KEYS = 4     # [t(n)] water-filling tree keys
+RANK_KEYS = 5     # [t(b)] LPT's open-rank tree keys
+BUSY = 6          # [t(b)] swap search: -time of each rank
+LIGHT = 7         # [t(b)] swap search: load of each rank
+INV_SPEED = 8     # [b] 1 / speed
+TIME = 9          # [b] load / speed
+TRIAL_LOAD = 10   # [b] an alternative's rank loads
+FLOAT_ROWS = 11
+
+# iscratch rows.
+ITEM_E = 0        # [m] experts of the replica list
+TRIAL_ITEM_E = 1  # [m]
+TRIAL_E = 2       # [m] an alternative's packing, viewed as [b, S]
+SLOT_ITEM = 3     # [m] the replica in each slot, viewed as [b, S]
+OWNER = 4         # [m] rank of each replica (swap search)
+POSITION = 5      # [m] slot of each replica (swap search)
+ORDER = 6         # [n] experts by descending share
+SORT_SCRATCH = 7  # [n]
+BASE_COUNTS = 8   # [n] replica counts an alternative starts from
+TRIAL_COUNTS = 9  # [n] an alternative's replica counts
+FILL_TREE = 10    # [t(n)]
+RANK_TREE = 11    # [t(b)]
+BUSY_TREE = 12    # [t(b)]
+LIGHT_TREE = 13   # [t(b)]
+ASIDE = 14        # [b] ranks LPT passed over for an item
+FILL = 15         # [b] slots used per rank
+LIGHTEST = 16     # [b] partner ranks of a pair exchange
+INT_ROWS = 17
+
+
+@njit(cache=True, nogil=True)
+def workspace(num_experts, bins, slots):
+    """``(fscratch, iscratch)``: float64 / int64 scratch matrices for sub-problems of at most
+    ``num_experts`` experts on ``bins`` ranks of ``slots`` slots each."""
+    width = max(bins * slots, tree_size(max(num_experts, bins)), 1)
+    return (np.empty((FLOAT_ROWS, width), dtype=np.float64),
+            np.empty((INT_ROWS, width), dtype=np.int64))
+
+
+# Scratch of the hierarchical policy: the groups' placement onto nodes, then one node at a time.
+NodeWorkspace = namedtuple("NodeWorkspace", [
+    "group_w",           # float64 [groups]: load of each expert group
+    "group_ones",        # int64 [groups]: one "replica" per group (and its cap)
+    "group_counts",      # int64 [groups]
+    "group_slot",        # int64 [nodes, groups per node]: the groups of each node
+    "group_slot_w",      # float64 [nodes, groups per node]
+    "node_speed",        # float64 [nodes]: summed speed of each node's ranks
+    "node_load",         # float64 [nodes]
+    "node_time",         # float64 [nodes]: node load / node speed
+    "node_order",        # int64 [nodes]: nodes by descending time
+    "node_scratch",      # int64 [nodes]: sort scratch
+    "node_groups",       # int64 [groups per node]: one node's groups, ascending
+    "ids",               # int64 [experts per node]: global id of each local expert
+    "local_w",           # float64 [experts per node]
+    "local_caps",        # int64 [experts per node]
+    "local_stack_caps",  # int64 [experts per node]
+    "local_counts",      # int64 [experts per node]
+    "local_speed",       # float64 [gpn]
+    "local_e",           # int64 [gpn, S]
+    "local_w_slots",     # float64 [gpn, S]
+    "local_load",        # float64 [gpn]
+])
+
+
+@njit(cache=True, nogil=True)
+def node_workspace(num_experts, num_groups, nodes, gpn, slots):
+    """A :data:`NodeWorkspace` for ``num_experts`` experts in ``num_groups`` groups on
+    ``nodes`` nodes of ``gpn`` ranks with ``slots`` slots each."""
+    per_node = num_groups // nodes
+    local_n = per_node * (num_experts // num_groups)
+    return NodeWorkspace(
+        np.empty(num_groups, dtype=np.float64), np.ones(num_groups, dtype=np.int64),
+        np.empty(num_groups, dtype=np.int64),
+        np.empty((nodes, per_node), dtype=np.int64), np.empty((nodes, per_node), dtype=np.float64),
+        np.empty(nodes, dtype=np.float64), np.empty(nodes, dtype=np.float64),
+        np.empty(nodes, dtype=np.float64), np.empty(nodes, dtype=np.int64),
+        np.empty(nodes, dtype=np.int64), np.empty(per_node, dtype=np.int64),
+        np.empty(local_n, dtype=np.int64), np.empty(local_n, dtype=np.float64),
+        np.empty(local_n, dtype=np.int64), np.empty(local_n, dtype=np.int64),
+        np.empty(local_n, dtype=np.int64), np.empty(gpn, dtype=np.float64),
+        np.empty((gpn, slots), dtype=np.int64), np.empty((gpn, slots), dtype=np.float64),
+        np.empty(gpn, dtype=np.float64))
