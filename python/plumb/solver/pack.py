@@ -51,9 +51,7 @@ def _rank_descending(values, order):
         v = values[i]
         before = 0
         for j in range(n):
-            before += np.int64(values[j] > v)
-        for j in range(i):
-            before += np.int64(values[j] == v)
+            before += np.int64(values[j] > v) | (np.int64(values[j] == v) & np.int64(j < i))
         order[before] = i
 
 

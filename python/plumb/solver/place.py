@@ -83,7 +83,8 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
         repair_duplicates(slot_e, slot_w, load, speed, has)
         if refine:
             refine_slots(slot_e, slot_w, load, speed, has, True, steps, steps, partners, floor)
-    elif refine:
+    # At or under the floor the search would stop at once: LPT's slots stand as they are.
+    elif refine and time_max(load, speed) > floor:
         # The item list is already sorted by weight: refine on it directly.
         refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup, steps, steps,
                      partners, floor, fscratch, iscratch)
