@@ -115,14 +115,15 @@ def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
     """Copies one layer's solution out, each rank's slots sorted by expert id (canonical order)."""
     bins, slots = slot_e.shape
     for r in range(bins):
-        base = r * slots
-        for k in range(slots):  # insertion sort: S is small
+        # Each slot's place is the count of slots before it in (expert, slot) order: S**2
+        # branch-free comparisons, cheaper than a sort's unpredictable branches at small S.
+        for k in range(slots):
             e = slot_e[r, k]
-            j = base + k - 1
-            while j >= base and phy2log_row[j] > e:
-                phy2log_row[j + 1] = phy2log_row[j]
-                j -= 1
-            phy2log_row[j + 1] = e
+            before = 0
+            for j in range(slots):
+                other = slot_e[r, j]
+                before += np.int64(other < e) | (np.int64(other == e) & np.int64(j < k))
+            phy2log_row[r * slots + before] = e
         load_row[r] = load[r]
     logcnt_row[:] = counts
 

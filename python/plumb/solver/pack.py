@@ -51,7 +51,9 @@ def _rank_descending(values, order):
         v = values[i]
         before = 0
         for j in range(n):
-            before += np.int64(values[j] > v) | (np.int64(values[j] == v) & np.int64(j < i))
+            before += np.int64(values[j] > v)
+        for j in range(i):
+            before += np.int64(values[j] == v)
         order[before] = i
 
 
@@ -152,10 +154,23 @@ def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
         keys[r] = 0.0
         fill[r] = 0
         inv_speed[r] = 1.0 / speed[r]
+    # First round without the tree: while the items weigh something, item i goes to the empty
+    # rank i (every rank before it already has a positive time; ties go to the lower index).
+    first = 0
+    while first < min(bins, item_w.shape[0]) and item_w[first] * inv_speed[first] > 0.0:
+        e = item_e[first]
+        fill[first] = 1
+        slot_e[first, slots - 1] = e
+        slot_w[first, slots - 1] = item_w[first]
+        slot_item[first, slots - 1] = first
+        load[first] = item_w[first]
+        has[first, e] += 1
+        keys[first] = load[first] * inv_speed[first] if slots > 1 else np.inf
+        first += 1
     tree_build(keys, tree)
     stacked = 0
     set_aside = 0
-    for i in range(item_w.shape[0]):
+    for i in range(first, item_w.shape[0]):
         e = item_e[i]
         r = tree_min(tree)
         # Mask the lightest open ranks that already hold e until one does not.
