@@ -35,7 +35,9 @@ LIGHT = 7         # [t(b)] swap search: load of each rank
 INV_SPEED = 8     # [b] 1 / speed
 TIME = 9          # [b] load / speed
 TRIAL_LOAD = 10   # [b] an alternative's rank loads
-FLOAT_ROWS = 11
+PAIR_W1 = 11      # [S**2] pair exchange: the lighter-rank pairs' weights
+PAIR_W2 = 12      # [S**2]
+FLOAT_ROWS = 13
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
@@ -55,14 +57,16 @@ LIGHT_TREE = 13   # [t(b)]
 ASIDE = 14        # [b] ranks LPT passed over for an item
 FILL = 15         # [b] slots used per rank
 LIGHTEST = 16     # [b] partner ranks of a pair exchange
-INT_ROWS = 17
+PAIR_Y1 = 17      # [S**2] pair exchange: the lighter-rank pairs' replicas
+PAIR_Y2 = 18      # [S**2]
+INT_ROWS = 19
 
 
 @njit(cache=True, nogil=True)
 def workspace(num_experts, bins, slots):
     """``(fscratch, iscratch)``: float64 / int64 scratch matrices for sub-problems of at most
     ``num_experts`` experts on ``bins`` ranks of ``slots`` slots each."""
-    width = max(bins * slots, tree_size(max(num_experts, bins)), 1)
+    width = max(bins * slots, tree_size(max(num_experts, bins)), slots * slots, 1)
     return (np.empty((FLOAT_ROWS, width), dtype=np.float64),
             np.empty((INT_ROWS, width), dtype=np.int64))
 
