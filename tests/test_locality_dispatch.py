@@ -154,3 +154,74 @@ def test_traffic_shapes_and_errors():
         traffic_metrics(np.array([[0, 1, 2, 3]]), loads, topo)
     with pytest.raises(InputError, match=r"loads must be \[L, E\] \(or \[T, L, E\]\) with L = 1"):
         traffic_metrics(phy2log, np.ones((2, 3)), topo)
+
+
+def _random_case(seed, redundant, explicit=False):
+    rng = np.random.default_rng(seed)
+    topo = Topology.cluster(2, 4, 2)
+    if explicit:
+        # A cost matrix that is not constant on each level: costs are summed pair by pair.
+        matrix = rng.random((topo.num_ranks, topo.num_ranks))
+        topo = Topology.from_matrix(matrix + matrix.T, node_of_rank=topo.node_of_rank,
+                                    numa_of_rank=topo.numa_of_rank)
+    num_experts = 16
+    extra = topo.num_ranks if redundant else 0
+    phy2log = np.stack([rng.permutation(np.concatenate(
+        [np.arange(num_experts), rng.integers(0, num_experts, extra)])) for _ in range(3)])
+    traffic = rng.integers(0, 50, (3, topo.num_ranks, num_experts)).astype(float)
+    return topo, phy2log, traffic.sum(axis=1), traffic
+
+
+@pytest.mark.parametrize("redundant", [False, True])
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_validated_path_gives_identical_metrics(redundant, dispatch, uniform):
+    from plumb.locality.dispatch import validated_traffic_metrics
+
+    topo, phy2log, loads, traffic = _random_case(7, redundant)
+    counts = None if uniform else as_traffic(traffic, 3, topo.num_ranks, loads.shape[1])
+    public = traffic_metrics(phy2log, loads, topo, counts, dispatch)
+    fast = validated_traffic_metrics(phy2log.astype(np.int64), loads, topo, counts, dispatch)
+    assert public.keys() == fast.keys()
+    for key, value in public.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, fast[key]), key
+        else:
+            assert value == fast[key], key
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+@pytest.mark.parametrize("redundant", [False, True])
+def test_even_dispatch_matches_a_direct_sum(redundant, explicit):
+    # Every replica serves 1/c of every source: cost and levels summed token by token.
+    topo, phy2log, loads, traffic = _random_case(8, redundant, explicit)
+    m = traffic_metrics(phy2log, loads, topo, traffic, "even")
+    slots = phy2log.shape[1] // topo.num_ranks
+    for layer in range(phy2log.shape[0]):
+        counts = np.bincount(phy2log[layer], minlength=loads.shape[1])
+        cost = 0.0
+        levels = np.zeros(4)
+        for p, e in enumerate(phy2log[layer]):
+            share = traffic[layer, :, e] / counts[e]
+            cost += share @ topo.link_cost[:, p // slots]
+            np.add.at(levels, topo.level[:, p // slots], share)
+        assert m["traffic_per_layer"][layer] == pytest.approx(cost)
+        assert m["cross_node_fraction_per_layer"][layer] == pytest.approx(
+            levels[3] / levels.sum())
+        assert m["cross_numa_fraction_per_layer"][layer] == pytest.approx(
+            levels[2] / levels.sum())
+
+
+def test_group_sums_add_up_sources_per_domain_node_and_all():
+    from plumb.locality.levels import group_sums, level_layout
+
+    topo = Topology.from_levels([0, 0, 0, 0, 1, 1, 1, 1], [3, 3, 5, 5, 9, 9, 7, 7])
+    layout = level_layout(topo)
+    tokens = np.random.default_rng(2).random((8, 5))
+    node_sum, domain_sum, total = np.empty((2, 5)), np.empty((4, 5)), np.empty(5)
+    group_sums(tokens, layout.node_id, layout.domain_id, node_sum, domain_sum, total)
+    assert np.allclose(node_sum, [tokens[:4].sum(axis=0), tokens[4:].sum(axis=0)])
+    for d in range(4):
+        assert np.allclose(domain_sum[d], tokens[layout.domain_id == d].sum(axis=0))
+    assert np.allclose(total, tokens.sum(axis=0))
+    assert layout.level_cost is not None

@@ -180,3 +180,48 @@ def test_pair_polish_never_raises_the_maximum(seed, bins, slots):
     assert np.array_equal(slot_w, weights[slot_e])
     assert has.max() == 1 and np.all(has.sum(axis=1) == slots)
     assert (load / speed).max() <= before * (1 + 1e-12)
+
+
+def test_sort_slots_sorts_each_rank_in_place():
+    from plumb.locality.repack import sort_slots
+
+    rng = np.random.default_rng(3)
+    row = rng.integers(0, 50, 24).astype(np.int64)
+    expected = np.sort(row.reshape(4, 6), axis=1).ravel()
+    sort_slots(row, 6)
+    assert np.array_equal(row, expected)
+
+
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+def test_pass_in_solve_matches_improve_locality(dispatch):
+    # The solve post-pass skips validation and, without replicated experts, source shares.
+    import plumb
+    from plumb.locality.traffic import as_traffic
+
+    rng = np.random.default_rng(4)
+    topo = Topology.cluster(2, 4, 2)
+    traffic = rng.integers(0, 100, (2, topo.num_ranks, 16)).astype(float)
+    traffic[:, :4, :8] *= 4
+    loads = traffic.sum(axis=1)
+    for redundant in (0, 8):
+        balanced = plumb.solve(loads, topo, num_redundant=redundant)
+        local = plumb.solve(loads, topo, num_redundant=redundant, traffic=traffic,
+                            dispatch=dispatch)
+        out, _ = improve_locality(balanced.phy2log, loads, topo,
+                                  as_traffic(traffic, 2, topo.num_ranks, 16), dispatch)
+        assert np.array_equal(out, local.phy2log)
+
+
+def test_node_preferences_and_stacked_count_match_numpy():
+    from plumb.locality.refine import _stacked
+    from plumb.locality.repack import node_preferences
+
+    rng = np.random.default_rng(5)
+    token_cost = rng.random((12, 8))
+    node_ranks = np.array([[0, 1, 4, 5], [2, 3, 6, 7]], dtype=np.int64)
+    expected = np.stack([token_cost[:, ranks].mean(axis=1) for ranks in node_ranks], axis=1)
+    assert np.allclose(node_preferences(token_cost, node_ranks), expected)
+    row = rng.integers(0, 6, 24).astype(np.int64)
+    per_rank = row.reshape(8, 3)
+    assert _stacked(row, 3, 6) == sum(3 - len(set(r)) for r in per_rank.tolist())
+

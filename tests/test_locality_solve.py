@@ -222,3 +222,18 @@ def test_evaluate_rejects_unknown_dispatch():
     placement = plumb.solve(loads, topo)
     with pytest.raises(InputError, match="dispatch must be one of"):
         plumb.evaluate(placement.phy2log, loads, topo, traffic=traffic, dispatch="random")
+
+
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+@pytest.mark.parametrize("redundant", [0, 8])
+def test_solve_scores_traffic_exactly_as_traffic_metrics(dispatch, redundant):
+    # solve skips re-validating its inputs; the numbers must be the public ones, bit for bit.
+    topo, loads, traffic = _skewed(seed=6)
+    local = plumb.solve(loads, topo, num_redundant=redundant, traffic=traffic,
+                        dispatch=dispatch)
+    direct = traffic_metrics(local.phy2log, loads, topo, traffic, dispatch)
+    for key, value in direct.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, local.metrics.traffic[key]), key
+        else:
+            assert value == local.metrics.traffic[key], key

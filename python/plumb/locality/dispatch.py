@@ -14,10 +14,12 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.threads import run_layers
 from ..solver.validate import as_loads, as_phy2log, to_numpy
 from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
 from .equivalence import placement_invariant
-from .traffic import NEAREST, as_traffic, dispatch_code, source_traffic
+from .levels import group_sums, level_layout
+from .traffic import DISPATCH_MODES, NEAREST, as_traffic, dispatch_code, source_traffic
 
 
 @njit(cache=True, nogil=True)
@@ -100,86 +102,120 @@ def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_lo
 
 
 @njit(cache=True, nogil=True)
-def _single_ranks(rep, cnt, slots):
-    """int64 [E]: the rank of each expert's only replica, -1 for replicated experts."""
-    num_experts = cnt.shape[0]
-    out = np.full(num_experts, -1, dtype=np.int64)
-    for e in range(num_experts):
-        if cnt[e] == 1:
-            out[e] = rep[e, 0] // slots
-    return out
+def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_id, level_cost,
+                 nearest, layers, rank_loads, traffic_cost, level_tokens):
+    """For the ``layers`` (int64 [k]): their rows of rank loads [L, G], traffic cost [L] and
+    tokens per level [L, 4] (outputs).
 
-
-@njit(cache=True, nogil=True)
-def _route_model(phy2log, slots, weights, tokens, cost, level, nearest, rank_loads,
-                 traffic_cost, level_tokens):
-    """Every layer: rank loads [L, G], traffic cost [L] and tokens per level [L, 4] (outputs).
-
-    Experts with one replica (most of them) are routed source by source over contiguous rows
-    of ``tokens``; their whole load sits on their rank under either dispatch model. Replicated
-    experts go through ``expert_routing``, with their source shares (``source_traffic``)
-    computed here for just those experts.
+    A replica that serves 1/c of every source (any replica under even dispatch, a lone one
+    under nearest) receives, per level, its expert's tokens from its own rank, its NUMA
+    domain, its node and all sources (``group_sums``) less the nearer ones: O(1) per slot
+    after O(G E) sums. Its cost follows from the levels when the cost matrix is constant on
+    each (``level_cost`` float64 [4]; an empty array otherwise: then ``flow[s, r]``, the
+    tokens source s sends to rank r, gathers each source's row over rank r's slots, and
+    each rank pair's cost is read once). Replicated experts under nearest dispatch go through
+    ``expert_routing`` with their source shares computed here for just those experts.
+    node_id, domain_id: int64 [G], dense node and NUMA-domain ids (``level_layout``).
     """
-    num_layers, num_slots = phy2log.shape
+    num_slots = phy2log.shape[1]
     num_experts = weights.shape[1]
     num_ranks = cost.shape[0]
+    by_level = level_cost.shape[0] == 4
     ranks = np.empty(num_slots, dtype=np.int64)
     rep_load = np.empty(num_slots, dtype=np.float64)
     column = np.empty(num_ranks, dtype=np.float64)
     share = np.empty(num_ranks, dtype=np.float64)
-    for layer in range(num_layers):
-        rep, cnt = replica_lists(phy2log[layer], num_experts)
-        single = _single_ranks(rep, cnt, slots)
+    spread = np.empty(num_slots, dtype=np.float64)
+    flow = np.empty((num_ranks, num_ranks), dtype=np.float64)
+    node_sum = np.empty((node_id.max() + 1, num_experts), dtype=np.float64)
+    domain_sum = np.empty((domain_id.max() + 1, num_experts), dtype=np.float64)
+    total = np.empty(num_experts, dtype=np.float64)
+    for layer in layers:
+        slot_e = phy2log[layer]
+        tok = tokens[layer]
+        rep, cnt = replica_lists(slot_e, num_experts)
         loads = rank_loads[layer]
         per_level = level_tokens[layer]
         loads[:] = 0.0
-        per_level[:] = 0.0
+        for p in range(num_slots):
+            c = cnt[slot_e[p]]
+            # Replicated experts under nearest dispatch are routed below instead.
+            spread[p] = 0.0 if nearest and c > 1 else 1.0 / c
+            loads[p // slots] += weights[layer, slot_e[p]] * spread[p]
+        group_sums(tok, node_id, domain_id, node_sum, domain_sum, total)
+        own = 0.0
+        in_domain = 0.0
+        in_node = 0.0
+        anywhere = 0.0
+        for p in range(num_slots):
+            e = slot_e[p]
+            g = p // slots
+            f = spread[p]
+            own += f * tok[g, e]
+            in_domain += f * domain_sum[domain_id[g], e]
+            in_node += f * node_sum[node_id[g], e]
+            anywhere += f * total[e]
+        per_level[0] = own
+        per_level[1] = in_domain - own
+        per_level[2] = in_node - in_domain
+        per_level[3] = anywhere - in_node
         cost_sum = 0.0
-        for s in range(num_ranks):
-            tok = tokens[layer, s]
+        if by_level:
+            for k in range(4):
+                cost_sum += per_level[k] * level_cost[k]
+        else:
+            flow[:] = 0.0
+            for s in range(num_ranks):
+                row = tok[s]
+                out = flow[s]
+                # Slot j of every rank in turn: G independent sums, not one serial chain.
+                for j in range(slots):
+                    for r in range(num_ranks):
+                        p = r * slots + j
+                        out[r] += row[slot_e[p]] * spread[p]
+            for s in range(num_ranks):
+                for r in range(num_ranks):
+                    cost_sum += flow[s, r] * cost[s, r]
+        if nearest:
             for e in range(num_experts):
-                r = single[e]
-                if r < 0:
+                c = cnt[e]
+                if c == 1:
                     continue
-                cost_sum += tok[e] * cost[s, r]
-                per_level[level[s, r]] += tok[e]
-        for e in range(num_experts):
-            c = cnt[e]
-            if c == 1:
-                loads[single[e]] += weights[layer, e]
-                continue
-            for i in range(c):
-                ranks[i] = rep[e, i] // slots
-            total = 0.0
-            for s in range(num_ranks):
-                column[s] = tokens[layer, s, e]
-                total += column[s]
-            for s in range(num_ranks):
-                share[s] = column[s] / total if total > 0 else 1.0 / num_ranks
-            cost_sum += expert_routing(ranks, c, weights[layer, e], column, share, cost, level,
-                                       nearest, rep_load, per_level)
-            for i in range(c):
-                loads[ranks[i]] += rep_load[i]
+                for i in range(c):
+                    ranks[i] = rep[e, i] // slots
+                total_e = 0.0
+                for s in range(num_ranks):
+                    column[s] = tok[s, e]
+                    total_e += column[s]
+                for s in range(num_ranks):
+                    share[s] = column[s] / total_e if total_e > 0 else 1.0 / num_ranks
+                cost_sum += expert_routing(ranks, c, weights[layer, e], column, share, cost,
+                                           level, nearest, rep_load, per_level)
+                for i in range(c):
+                    loads[ranks[i]] += rep_load[i]
         traffic_cost[layer] = cost_sum
 
 
 @njit(cache=True, nogil=True)
-def _routing_table_model(phy2log, slots, num_experts, cost, table):
-    """table int64 [L, G, E] (output): slot that source rank s uses for expert e (nearest).
+def _routing_table_model(phy2log, slots, num_experts, cost, layers, table):
+    """table int64 [L, G, E] (output, rows of ``layers`` int64 [k]): slot that source rank s
+    uses for expert e (nearest).
 
     Ties go round-robin by source rank (the (s mod k)-th of the k tied slots, ascending), so
     that sources spread over tied replicas as the even split of the load model assumes.
     Written source-major (contiguous rows) for the lone replicas, then the replicated experts.
     """
-    num_layers = phy2log.shape[0]
     num_ranks = cost.shape[0]
-    for layer in range(num_layers):
-        rep, cnt = replica_lists(phy2log[layer], num_experts)
+    lowest = np.empty(num_experts, dtype=np.int64)
+    for layer in layers:
+        slot_e = phy2log[layer]
+        rep, cnt = replica_lists(slot_e, num_experts)
         ranks = np.empty(rep.shape[1], dtype=np.int64)
+        # Each expert's lowest slot, as one contiguous row copied to every source.
+        for p in range(slot_e.shape[0] - 1, -1, -1):
+            lowest[slot_e[p]] = p
         for s in range(num_ranks):
-            row = table[layer, s]
-            for e in range(num_experts):
-                row[e] = rep[e, 0]
+            table[layer, s] = lowest
         for e in range(num_experts):
             c = cnt[e]
             if c == 1:
@@ -235,7 +271,7 @@ def routing_table(phy2log: Any, topo: TopologyLike, num_experts: Optional[int] =
     placement = check_phy2log(arr, num_experts, topo)
     table = np.empty((placement.shape[0], topo.num_ranks, num_experts), dtype=np.int64)
     _routing_table_model(placement, placement.shape[1] // topo.num_ranks, num_experts,
-                         topo.link_cost, table)
+                         topo.link_cost, np.arange(placement.shape[0]), table)
     return table
 
 
@@ -265,25 +301,53 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
             loads for "even").
         routing_table: int64 [L, G, E] for "nearest" (see ``routing_table``), else None.
     """
-    placement, weights, topo, tokens, _, code, slots = prepare(phy2log, loads, topo, traffic,
-                                                               dispatch, False)
+    placement, weights, topo, tokens, _, code, _ = prepare(phy2log, loads, topo, traffic,
+                                                           dispatch, False)
+    return _metrics_of(placement, weights, topo, tokens, code, traffic is None)
+
+
+def validated_traffic_metrics(placement: np.ndarray, weights: np.ndarray, topo: Topology,
+                              counts: Optional[np.ndarray], dispatch: str) -> Dict[str, Any]:
+    """``traffic_metrics`` of inputs ``plumb.solve`` has validated: placement int64 [L, P],
+    weights float64 [L, E], counts float64 [L, G, E] from ``as_traffic`` (or None), dispatch
+    "even" | "nearest". The same numbers, without checking them again."""
+    tokens, _ = source_traffic(counts, weights, topo.num_ranks, False)
+    return _metrics_of(placement, weights, topo, tokens, dispatch_code(dispatch), counts is None)
+
+
+def _metrics_of(placement: np.ndarray, weights: np.ndarray, topo: Topology, tokens: np.ndarray,
+                code: int, uniform: bool) -> Dict[str, Any]:
+    """The ``traffic_metrics`` dict of validated inputs (tokens float64 [L, G, E])."""
+    dispatch = DISPATCH_MODES[code]
+    slots = placement.shape[1] // topo.num_ranks
     num_layers = placement.shape[0]
     rank_loads = np.empty((num_layers, topo.num_ranks))
     cost = np.empty(num_layers)
     level_tokens = np.empty((num_layers, 4))
-    _route_model(placement, slots, weights, tokens, topo.link_cost, topo.level,
-                 code == NEAREST, rank_loads, cost, level_tokens)
-    per_layer_total = level_tokens.sum(axis=1)
-    safe = np.where(per_layer_total > 0, per_layer_total, 1.0)
-    grand = max(float(per_layer_total.sum()), np.finfo(np.float64).tiny)
     table = None
     if code == NEAREST:
         table = np.empty((num_layers, topo.num_ranks, weights.shape[1]), dtype=np.int64)
-        _routing_table_model(placement, slots, weights.shape[1], topo.link_cost, table)
+
+    layout = level_layout(topo)
+    level_cost = np.empty(0) if layout.level_cost is None else layout.level_cost
+
+    def route(layers: np.ndarray) -> None:
+        _route_model(placement, slots, weights, tokens, topo.link_cost, topo.level,
+                     layout.node_id, layout.domain_id, level_cost, code == NEAREST, layers,
+                     rank_loads, cost, level_tokens)
+        if table is not None:
+            _routing_table_model(placement, slots, weights.shape[1], topo.link_cost, layers,
+                                 table)
+
+    # Layers are independent (each writes its own rows): split over the solver's threads.
+    run_layers(route, num_layers, placement.size)
+    per_layer_total = level_tokens.sum(axis=1)
+    safe = np.where(per_layer_total > 0, per_layer_total, 1.0)
+    grand = max(float(per_layer_total.sum()), np.finfo(np.float64).tiny)
     return {
         "dispatch": dispatch,
-        "sources": "uniform" if traffic is None else "per-source",
-        "placement_invariant": placement_invariant(topo, traffic, dispatch,
+        "sources": "uniform" if uniform else "per-source",
+        "placement_invariant": placement_invariant(topo, None if uniform else tokens, dispatch,
                                                    placement.shape[1] == weights.shape[1]),
         "traffic": float(cost.sum()),
         "traffic_per_layer": cost,

@@ -40,9 +40,10 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists
-from .repack import PIN_FILLS, node_preferences, repack_layer
+from .repack import PIN_FILLS, node_preferences, repack_layer, sort_slots
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
 
@@ -423,21 +424,40 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
 
 
 @njit(cache=True, nogil=True)
-def _stacked(row, slots):
-    """Replicas of ``row`` (int64 [P]) that share a rank with another replica of their expert."""
+def _source_shares(tok):
+    """float64 [E, G]: each source's share of each expert's tokens (tok float64 [E, G]);
+    1 / G where an expert received none. Summed over sources in order, as the metrics'
+    routing (``plumb.locality.dispatch``) does, so that both see the same replica loads."""
+    num_experts, num_ranks = tok.shape
+    out = np.empty_like(tok)
+    for e in range(num_experts):
+        total = 0.0
+        for s in range(num_ranks):
+            total += tok[e, s]
+        for s in range(num_ranks):
+            out[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _stacked(row, slots, num_experts):
+    """Replicas of ``row`` (int64 [P]) that share a rank with another replica of their expert
+    (E = num_experts): one pass, marking the last rank each expert was seen on."""
+    seen = np.full(num_experts, -1, dtype=np.int64)
     count = 0
-    for r in range(row.shape[0] // slots):
-        seen = np.sort(row[r * slots:(r + 1) * slots])
-        for j in range(1, slots):
-            if seen[j] == seen[j - 1]:
-                count += 1
+    for p in range(row.shape[0]):
+        r = p // slots
+        if seen[row[p]] == r:
+            count += 1
+        seen[row[p]] = r
     return count
 
 
 @njit(cache=True, nogil=True)
-def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cost, speed,
-                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, stats):
-    """Runs the pass on every layer of phy2log (int64 [L, P], edited in place).
+def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, speed,
+                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
+                  stats):
+    """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
     token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
     group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
@@ -445,7 +465,7 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
     stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
     Each rank's slots are sorted by expert id afterwards (the solver's canonical order).
     """
-    num_layers, num_slots = phy2log.shape
+    num_slots = phy2log.shape[1]
     num_ranks = cost.shape[0]
     num_experts = weights.shape[1]
     load = np.empty(num_ranks, dtype=np.float64)
@@ -453,12 +473,17 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
     candidate = np.empty(num_slots, dtype=np.int64)
     slot_load = np.empty(num_slots, dtype=np.float64)
     movable = np.empty(num_slots, dtype=np.bool_)
-    for layer in range(num_layers):
+    no_rows = np.empty((0, 0), dtype=np.float64)
+    for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
-        tok = np.ascontiguousarray(tokens[layer].T)
-        # share is empty under even dispatch (only nearest routing reads it).
-        shr = np.ascontiguousarray(share[layer].T) if nearest else tok
+        # Replica counts stay fixed through the pass.
+        _, cnt = replica_lists(row, num_experts)
+        routed = nearest and cnt.max() > 1
+        # Per-expert token and share rows are read only to route replicated experts under
+        # nearest dispatch; all else works from token_cost.
+        tok = np.ascontiguousarray(tokens[layer].T) if routed else no_rows
+        shr = _source_shares(tok) if routed else no_rows
         before = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer], nearest,
                               load)
         top = 0.0
@@ -471,23 +496,22 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            _, cnt = replica_lists(row, num_experts)
             pref = node_preferences(token_cost[layer], group_ranks)
-            # Each node's share of an expert's sources: nearest routing only.
-            node_share = (node_preferences(shr, group_ranks) * group_ranks.shape[1] if nearest
-                          else pref)
-            stacked = _stacked(row, slots)
+            # Each node's share of an expert's sources: nearest routing of replicas only.
+            node_share = node_preferences(shr, group_ranks) * group_ranks.shape[1] if routed \
+                else pref
+            # Without replicated experts nothing can stack.
+            stacked = _stacked(row, slots, num_experts) if cnt.max() > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free
             # replicas) only when it misses, which the pair exchanges make rare.
             for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
                 # Distinct ranks for every replica are possible iff no expert has more than G.
                 # Lone replicas route the same under both models: pack as for even dispatch.
-                repack_layer(row, slots, w, cnt, pref, node_share, speed, group_ranks,
-                             nearest and cnt.max() > 1, cnt.max() <= num_ranks, pin_fill,
-                             limit[0] / speed[0], candidate)
+                repack_layer(row, slots, w, cnt, pref, node_share, speed, group_ranks, routed,
+                             cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, tok, shr, cost, level,
                                      token_cost[layer], nearest, load)
-                fits = _stacked(candidate, slots) <= stacked
+                fits = cnt.max() == 1 or _stacked(candidate, slots, num_experts) <= stacked
                 for g in range(num_ranks):
                     fits = fits and load[g] <= limit[g]
                 if fits and value < after:
@@ -495,14 +519,13 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                     after = value
                     stats[layer, 3] = 1.0
                     break
-        _, cnt = replica_lists(row, num_experts)
         swaps = 0
         # At zero slack a re-packing leaves little room: a sweep of swaps after it would add
         # about 1% of traffic cut for about as much time again. With slack it follows.
         done = stats[layer, 3] > 0 and cap_factor == 1.0
         if done:
             pass
-        elif nearest and cnt.max() > 1 and not repackable:
+        elif routed and not repackable:
             # Replicated experts re-route when they move: the exact search, which costs up to
             # milliseconds per layer, only where no re-packing applies (one node and NUMA
             # domain, unequal groups, hierarchical layers); elsewhere a failed re-packing is
@@ -511,8 +534,10 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                                       node_of_rank, nearest, keep_node[layer], limit,
                                       max_sweeps)
         else:
-            after = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer],
-                                 nearest, load)
+            if repackable:
+                # The packings tried left their own loads in ``load``.
+                after = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer],
+                                     nearest, load)
             for p in range(num_slots):
                 e = row[p]
                 slot_load[p] = w[e] / cnt[e]
@@ -521,8 +546,7 @@ def _refine_model(phy2log, slots, weights, tokens, share, cost, level, token_cos
                                              token_cost[layer], node_of_rank, keep_node[layer],
                                              _MIN_GAIN * (after + 1.0), max_sweeps)
             after += change
-        for r in range(num_ranks):
-            row[r * slots:(r + 1) * slots] = np.sort(row[r * slots:(r + 1) * slots])
+        sort_slots(row, slots)
         stats[layer, 0] = swaps
         stats[layer, 1] = before
         stats[layer, 2] = after
@@ -572,8 +596,8 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
         "traffic_after" float64 [L], "repacked" bool [L]). Replica counts (logcnt) are
         unchanged; each rank's slots are sorted by expert id.
     """
-    placement, weights, topo, tokens, share, code, _ = prepare(phy2log, loads, topo, traffic,
-                                                              dispatch, dispatch == "nearest")
+    placement, weights, topo, tokens, _, code, _ = prepare(phy2log, loads, topo, traffic,
+                                                          dispatch, False)
     slack = as_load_slack(load_slack)
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
         raise InputError(f"max_sweeps must be an int >= 1, got {max_sweeps!r}")
@@ -587,26 +611,29 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
         if keep.shape != (num_layers,):
             raise InputError(f"keep_node must be one bool or [L] = [{num_layers}] bools, "
                              f"got shape {list(keep.shape)}")
-    return refine_validated(placement, weights, topo, tokens, share, code == NEAREST, slack,
+    return refine_validated(placement, weights, topo, tokens, code == NEAREST, slack,
                             keep, int(max_sweeps))
 
 
 def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
-                     tokens: np.ndarray, share: np.ndarray, nearest: bool, slack: float,
+                     tokens: np.ndarray, nearest: bool, slack: float,
                      keep: np.ndarray, max_sweeps: int):
     """``improve_locality`` on validated inputs (``plumb.solve`` has validated them already).
 
-    placement int64 [L, P]; weights float64 [L, E]; tokens, share float64 [L, G, E]
-    (``source_traffic``; share may be empty under even dispatch); keep bool [L]. Returns what ``improve_locality`` returns.
+    placement int64 [L, P]; weights float64 [L, E]; tokens float64 [L, G, E]
+    (``source_traffic``); keep bool [L]. Returns what ``improve_locality`` returns.
     """
     num_layers = placement.shape[0]
     out = placement.copy()
     stats = np.zeros((num_layers, 4))
     # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
-    _refine_model(out, placement.shape[1] // topo.num_ranks, weights, tokens, share,
-                  topo.link_cost, topo.level, token_cost, topo.rank_speed, topo.node_of_rank,
-                  _group_ranks(topo), nearest, keep, 1.0 + slack, max_sweeps, stats)
+    groups = _group_ranks(topo)
+    # Layers are independent (each writes its own rows): split over the solver's threads.
+    run_layers(lambda layers: _refine_model(
+        out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
+        topo.level, token_cost, topo.rank_speed, topo.node_of_rank, groups, nearest, keep,
+        1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
     return out, info

@@ -15,9 +15,11 @@ the layer is packed again with the same replicas (same logcnt):
    (``_routed_weights``);
 2. one LPT over all ranks, heaviest replica first, each to the least loaded rank with a free
    slot (of its node, when it has one) that does not hold its expert yet;
-3. only when that leaves a rank above ``cap``: the solver's swap search over all ranks
-   (plumb.solver.refine), which may move free and pinned replicas alike, then, while a rank
-   is still above ``cap``, exchanges of two replicas for two (``pair_polish``).
+3. only while a rank is above ``cap``: the solver's swap search over all ranks
+   (``plumb.solver.refine.refine_slots`` with ``cap`` as its floor), which may move free and
+   pinned replicas alike; it stops as soon as the layer fits, so few pinned replicas leave
+   their node. Where swaps are stuck above ``cap``, exchanges of two replicas for two
+   (``pair_polish``).
 
 The caller keeps the result only if every rank stays within its limit (checked exactly, under
 the dispatch model) and the traffic cost drops; otherwise the layer is left as it was.
@@ -28,11 +30,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..solver.pack import repair_duplicates, swap_items
-from ..solver.refine import refine_swaps
+from ..solver.pack import descending_order, repair_duplicates, swap_items
+from ..solver.refine import refine_slots
 
-# Pair exchanges after the swap search: against this many of the lightest ranks, at most
-# this many exchanges (each followed by the swap search again).
+# Pair exchanges when the swap search is stuck above the cap: against this many of the
+# lightest ranks, at most this many exchanges (each followed by the swap search again).
 PAIR_PARTNERS = 4
 PAIR_STEPS = 8
 # Shares of a node's load capacity and slots that pinned replicas may fill, tried in order.
@@ -45,27 +47,39 @@ def node_preferences(token_cost, node_ranks):
     served on that rank)."""
     num_experts = token_cost.shape[0]
     nodes, gpn = node_ranks.shape
-    pref = np.zeros((num_experts, nodes), dtype=np.float64)
+    # Rank by rank over all experts: E independent sums instead of one serial chain each
+    # (the same order of additions per entry).
+    total = np.zeros((nodes, num_experts), dtype=np.float64)
+    for n in range(nodes):
+        for i in range(gpn):
+            r = node_ranks[n, i]
+            for e in range(num_experts):
+                total[n, e] += token_cost[e, r]
+    pref = np.empty((num_experts, nodes), dtype=np.float64)
     for e in range(num_experts):
-        row = token_cost[e]
         for n in range(nodes):
-            total = 0.0
-            for i in range(gpn):
-                total += row[node_ranks[n, i]]
-            pref[e, n] = total / gpn
+            pref[e, n] = total[n, e] / gpn
     return pref
 
 
 @njit(cache=True, nogil=True)
-def _by_preference(pref_e, order):
-    """order[:nodes] (int64): nodes by ascending pref_e (float64 [nodes]), ties by index;
-    insertion sort, as there are few nodes (no allocation per expert)."""
-    for n in range(pref_e.shape[0]):
+def _by_preference(pref, e, order):
+    """order[:nodes] (int64): nodes by ascending pref[e] (pref float64 [E, nodes]), ties by
+    index; insertion sort, as there are few nodes (no allocation or view per expert)."""
+    for n in range(pref.shape[1]):
         j = n
-        while j > 0 and pref_e[order[j - 1]] > pref_e[n]:
+        while j > 0 and pref[e, order[j - 1]] > pref[e, n]:
             order[j] = order[j - 1]
             j -= 1
         order[j] = n
+
+
+@njit(cache=True, nogil=True)
+def heaviest_first(item_w):
+    """int64 [m]: indices of item_w (float64 [m], >= 0) by descending weight, ties by index."""
+    order = np.empty(item_w.shape[0], dtype=np.int64)
+    descending_order(item_w, order, np.empty(item_w.shape[0], dtype=np.int64))
+    return order
 
 
 @njit(cache=True, nogil=True)
@@ -82,17 +96,20 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
         for n in range(nodes):
             total += pref[e, n]
             low = min(low, pref[e, n])
-        benefit[e] = total / nodes - low
+        # Clipped at 0: rounding may leave a tiny negative where every node costs the same.
+        benefit[e] = max(0.0, total / nodes - low)
     node_load = np.zeros(nodes, dtype=np.float64)
     node_fill = np.zeros(nodes, dtype=np.int64)
     copies = np.zeros((nodes, num_experts), dtype=np.int64)
     order = np.empty(nodes, dtype=np.int64)
     item_node[:] = -1
-    for e in np.argsort(-benefit):
+    by_benefit = np.empty(num_experts, dtype=np.int64)
+    descending_order(benefit, by_benefit, np.empty(num_experts, dtype=np.int64))
+    for e in by_benefit:
         if benefit[e] <= 0.0:
             break
         # A second copy on a node serves no new sources under nearest dispatch.
-        _by_preference(pref[e], order)
+        _by_preference(pref, e, order)
         for k in range(cnt[e]):
             # Even dispatch: every replica wants the best node; nearest: spread over the best.
             n = order[k % nodes] if nearest else order[0]
@@ -105,7 +122,7 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
                 copies[n, e] += 1
     if not nearest:
         return
-    for i in np.argsort(-item_w):
+    for i in heaviest_first(item_w):
         if item_node[i] >= 0:
             continue
         e = item_e[i]
@@ -202,16 +219,28 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
                    load, has)
     if stacked > 0 and forbid_dup:
         repair_duplicates(slot_e2, slot_w2, load, speed, has)
+    # Only down to the cap: a packing within it is all the caller needs, and every swap
+    # more may move a pinned replica off its node.
+    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, 0, 0, cap)
+    pair_polish(slot_e2, slot_w2, load, speed, has, forbid_dup, cap, PAIR_PARTNERS, PAIR_STEPS)
     for r in range(num_ranks):
-        if load[r] > cap * speed[r]:
-            refine_swaps(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16)
-            pair_polish(slot_e2, slot_w2, load, speed, has, forbid_dup, cap, PAIR_PARTNERS,
-                        PAIR_STEPS)
-            break
-    for r in range(num_ranks):
-        row = np.sort(slot_e2[r])
         for j in range(slots):
-            out[r * slots + j] = row[j]
+            out[r * slots + j] = slot_e2[r, j]
+    sort_slots(out, slots)
+
+
+@njit(cache=True, nogil=True)
+def sort_slots(row, slots):
+    """Sorts each rank's slots of ``row`` (int64 [P]) by expert id, in place: insertion sort,
+    as a rank holds few slots (no allocation per rank)."""
+    for start in range(0, row.shape[0], slots):
+        for j in range(start + 1, start + slots):
+            value = row[j]
+            k = j
+            while k > start and row[k - 1] > value:
+                row[k] = row[k - 1]
+                k -= 1
+            row[k] = value
 
 
 @njit(cache=True, nogil=True)
@@ -237,7 +266,7 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
     # load / speed of each rank, kept up to date (no divisions in the scans).
     time = np.zeros(num_ranks, dtype=np.float64)
     stacked = 0
-    for i in np.argsort(-item_w):
+    for i in heaviest_first(item_w):
         e = item_e[i]
         n = item_node[i]
         best = -1
@@ -292,11 +321,13 @@ def _pair_sums(slot_e, slot_w, r, sums, first, second):
 def pair_polish(slot_e, slot_w, load, speed, has, forbid_dup, cap, partners, max_steps):
     """While the busiest rank's load / speed exceeds ``cap``: the exchange of two of its
     replicas with two of one of the ``partners`` lightest ranks that lowers the larger of the
-    two ranks' times most (below the busiest one's), then the solver's swap search again.
+    two ranks' times most (below the busiest one's), then the solver's swap search again
+    (down to ``cap``).
 
     For each pair on the busiest rank the best partner pair is found by binary search over
     the partner's sorted pair sums (outwards while creating a duplicate), so a step costs
-    O(partners S^2 log S) rather than S^4. Arrays as in plumb.solver.refine.refine_swaps,
+    O(partners S^2 log S) rather than the S^4 of the solver's own pair exchanges (a rank
+    holds 16 slots and more on 16 ranks). Arrays as in plumb.solver.refine.refine_swaps,
     edited in place; returns the exchanges applied. The maximum never gets worse.
     """
     bins, slots = slot_e.shape
@@ -351,5 +382,6 @@ def pair_polish(slot_e, slot_w, load, speed, has, forbid_dup, cap, partners, max
             return step
         swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_k)
         swap_items(slot_e, slot_w, load, has, h, best_j, best_r, best_m)
-        refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16)
+        refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16, 0, 0,
+                     cap)
     return max_steps

@@ -30,11 +30,11 @@ def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
                            phy2log.shape[1] == context.weights.shape[1]):
         return phy2log
     nearest = context.dispatch == "nearest"
-    tokens, share = source_traffic(context.traffic, context.weights, topo.num_ranks, nearest)
+    tokens, _ = source_traffic(context.traffic, context.weights, topo.num_ranks, False)
     keep = context.keep_node
     if keep is None:
         keep = np.zeros(phy2log.shape[0], dtype=np.bool_)
-    out, _ = refine_validated(phy2log, context.weights, topo, tokens, share,
+    out, _ = refine_validated(phy2log, context.weights, topo, tokens,
                               nearest, context.load_slack,
                               np.ascontiguousarray(keep, dtype=np.bool_), 2)
     # The same object when nothing moved, so that solve keeps the balancer's own scores.

@@ -52,13 +52,28 @@ def _headroom(load, limit):
 
 
 @njit(cache=True, nogil=True)
-def _reach(row, g, c):
-    """(row[g] - min(row)) / c: what a replica on rank g of an expert with c replicas and
-    token costs row (float64 [G]) gains at most by moving."""
-    low = row[g]
-    for x in row:
-        low = min(low, x)
-    return (row[g] - low) / c
+def _reach(token_cost, e, g, c):
+    """(token_cost[e, g] - min over ranks of token_cost[e]) / c: what a replica on rank g of
+    expert e with c replicas gains at most by moving (token_cost float64 [E, G])."""
+    low = token_cost[e, g]
+    for r in range(token_cost.shape[1]):
+        low = min(low, token_cost[e, r])
+    return (token_cost[e, g] - low) / c
+
+
+@njit(cache=True, nogil=True)
+def _first_above(values, x, strict):
+    """The first index k of ascending ``values`` (float64 [n]) with values[k] > x (strict) or
+    >= x (not strict), n if none: ``np.searchsorted`` without its per-call overhead."""
+    low = 0
+    high = values.shape[0]
+    while low < high:
+        mid = (low + high) >> 1
+        if values[mid] > x or (not strict and values[mid] == x):
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 @njit(cache=True, nogil=True)
@@ -87,8 +102,11 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
     num_ranks = load.shape[0]
     num_experts = cnt.shape[0]
     has = np.zeros((num_ranks, num_experts), dtype=np.int64)
+    # Rank of each slot, looked up instead of divided out in the partner scan.
+    rank_of = np.empty(num_slots, dtype=np.int64)
     for p in range(num_slots):
-        has[p // slots, slot_e[p]] += 1
+        rank_of[p] = p // slots
+        has[rank_of[p], slot_e[p]] += 1
     # Slots by ascending load; a swap exchanges two entries of by_slot (the loads stay).
     by_slot = np.argsort(slot_load, kind="mergesort")
     sorted_load = np.empty(num_slots, dtype=np.float64)
@@ -100,7 +118,7 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
     # of its two slots' (exact bound, as the cost is a sum over replicas).
     reach = np.empty(num_slots, dtype=np.float64)
     for p in range(num_slots):
-        reach[p] = _reach(token_cost[slot_e[p]], p // slots, cnt[slot_e[p]])
+        reach[p] = _reach(token_cost, slot_e[p], rank_of[p], cnt[slot_e[p]])
     swaps = 0
     change = 0.0
     for _ in range(max_sweeps):
@@ -111,14 +129,13 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             if not movable[p] or reach[p] + top_reach <= min_gain:
                 continue
             e1 = slot_e[p]
-            g1 = p // slots
+            g1 = rank_of[p]
             w1 = sorted_load[where[p]]
-            row1 = token_cost[e1]
             c1 = cnt[e1]
             tol = 1e-9 * (load[g1] + w1)
             high = w1 + max(0.0, limit[g1] - load[g1]) + tol
-            k = np.searchsorted(sorted_load, w1 - room - tol)
-            end = np.searchsorted(sorted_load, high, side="right")
+            k = _first_above(sorted_load, w1 - room - tol, False)
+            end = _first_above(sorted_load, high, True)
             if end - k > MAX_PARTNERS:
                 # A wide window (slack, or ranks well below the cap): the partners nearest
                 # in load only.
@@ -129,7 +146,7 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             while k < end:
                 q = by_slot[k]
                 k += 1
-                g2 = q // slots
+                g2 = rank_of[q]
                 e2 = slot_e[q]
                 if g2 == g1 or e2 == e1 or not movable[q]:
                     continue
@@ -138,7 +155,7 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
                 if reach[p] + reach[q] <= best_gain or has[g2, e1] > 0 or has[g1, e2] > 0:
                     continue
                 w2 = sorted_load[k - 1]
-                gain = ((row1[g1] - row1[g2]) / c1
+                gain = ((token_cost[e1, g1] - token_cost[e1, g2]) / c1
                         + (token_cost[e2, g2] - token_cost[e2, g1]) / cnt[e2])
                 # Equal gains go to the lowest slot, whatever order the loads come in.
                 if gain < best_gain or (gain == best_gain and (best_q < 0 or q > best_q)):
@@ -153,7 +170,7 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             if best_q < 0:
                 continue
             q = best_q
-            g2 = q // slots
+            g2 = rank_of[q]
             e2 = slot_e[q]
             w2 = sorted_load[where[q]]
             exchange_slots(slot_e, has, slots, p, q)
@@ -165,8 +182,8 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             by_slot[kq] = p
             where[p] = kq
             where[q] = kp
-            reach[p] = _reach(token_cost[e2], g1, cnt[e2])
-            reach[q] = _reach(row1, g2, c1)
+            reach[p] = _reach(token_cost, e2, g1, cnt[e2])
+            reach[q] = _reach(token_cost, e1, g2, c1)
             change -= best_gain
             swaps += 1
             improved += 1

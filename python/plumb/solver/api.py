@@ -250,7 +250,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             logcnt = replica_counts(phy2log, num_experts)
             rank_loads = None
 
-    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch)
+    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch, validated=True)
     nearest_loads = dispatched_rank_loads(flows)
     if nearest_loads is not None:
         rank_loads = nearest_loads
@@ -261,7 +261,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if unchanged and balanced is weights:
         metrics = solution_metrics(solved, **labels)
     else:
-        metrics = score(phy2log, logcnt, weights, topo, rank_loads, **labels)
+        # The kernel's lower bounds hold for any placement of the same loads.
+        bound = solved[7] if solved is not None and balanced is weights else None
+        metrics = score(phy2log, logcnt, weights, topo, rank_loads, bound=bound, **labels)
     metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
     log2phy = solved[2] if unchanged else log2phy_of(phy2log, logcnt)
     return Placement(phy2log=phy2log, log2phy=log2phy, logcnt=logcnt,

@@ -130,18 +130,22 @@ def moves_between(phy2log: np.ndarray, previous: np.ndarray, num_experts: int, n
 
 
 def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: Topology,
-          rank_loads: Optional[np.ndarray] = None, **labels: Any) -> Metrics:
+          rank_loads: Optional[np.ndarray] = None, bound: Optional[np.ndarray] = None,
+          **labels: Any) -> Metrics:
     """Balance metrics of a validated placement (no moves, no traffic).
 
-    ``labels``: the solve-only fields (hierarchy, layer_hierarchy, candidate_max_load).
+    ``bound``: the layers' lower bounds float64 [L] when already known for these ``weights``,
+    slot count and topology (the solve kernel's); computed here otherwise. ``labels``: the
+    solve-only fields (hierarchy, layer_hierarchy, candidate_max_load).
     """
     if rank_loads is None:
         rank_loads = rank_loads_of(phy2log, logcnt, weights, topo.num_ranks)
     speed = topo.rank_speed
     max_load = (rank_loads / speed).max(axis=1)
     ideal = weights.sum(axis=1) / speed.sum()
-    bound = np.empty(weights.shape[0])
-    layer_lower_bounds(weights, phy2log.shape[1], np.array(speed, dtype=np.float64), bound)
+    if bound is None:
+        bound = np.empty(weights.shape[0])
+        layer_lower_bounds(weights, phy2log.shape[1], np.array(speed, dtype=np.float64), bound)
     positive = max_load > 0
     layer_bal = np.where(positive, ideal / np.where(positive, max_load, 1.0), 1.0)
     total_max = float(max_load.sum())
@@ -209,12 +213,21 @@ def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
 
 
 def traffic_flows(phy2log: np.ndarray, weights: np.ndarray, topo: Topology, traffic: Any,
-                  dispatch: str) -> Optional[Dict[str, Any]]:
+                  dispatch: str, validated: bool = False) -> Optional[Dict[str, Any]]:
     """``plumb.locality.traffic_metrics`` of a validated placement, or None without
     per-source ``traffic`` under even dispatch (on topologies built from levels no placement
-    changes traffic then: ``plumb.locality.placement_invariant``)."""
+    changes traffic then: ``plumb.locality.placement_invariant``).
+
+    ``validated``: ``traffic`` is already float64 [L, G, E] from ``as_traffic`` (or None) and
+    ``dispatch`` a known mode, as in ``solve``; the same numbers without checking them again
+    (``evaluate`` passes them as the user gave them).
+    """
     if traffic is None and dispatch == "even":
         return None
+    if validated:
+        from ..locality.dispatch import validated_traffic_metrics
+
+        return validated_traffic_metrics(phy2log, weights, topo, traffic, dispatch)
     # Checks ``dispatch`` too (``evaluate`` passes it unchecked).
     from ..locality import traffic_metrics
 
