@@ -72,6 +72,7 @@ def workspace(num_experts, bins, slots):
 
 
 # Scratch of the hierarchical policy: the groups' placement onto nodes, then one node at a time.
+# A tuple is fine here: it is handed down twice per layer, not to every packing kernel.
 NodeWorkspace = namedtuple("NodeWorkspace", [
     "group_w",           # float64 [groups]: load of each expert group
     "group_ones",        # int64 [groups]: one "replica" per group (and its cap)
