@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from .pack import descending_order
-from .replicate import min_max_replica_load
+from .replicate import max_replica_load, min_max_replica_load
 from .workspace import ORDER, SHARE, SORT_SCRATCH, workspace
 
 
@@ -94,6 +94,14 @@ def layer_bound_with(weights, num_slots, speed, fscratch, iscratch):
             heaviest[i] = weights[order[i]]
         bound = max(bound, cardinality_bound(heaviest, bins) / top_speed)
     return bound
+
+
+@njit(cache=True, nogil=True)
+def replicated_bound(weights, counts, speed):
+    """:func:`layer_bound` for P != E from ``counts`` (int64 [E]) that are already the
+    water-filled counts of P replicas under a cap of G per expert (P <= E * G): their
+    largest replica is ``T*``, so the solver's own water-filling gives the bound for free."""
+    return max(weights.sum() / speed.sum(), max_replica_load(weights, counts) / speed.max())
 
 
 @njit(cache=True, nogil=True)

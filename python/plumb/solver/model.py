@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .bounds import layer_bound_with
+from .bounds import layer_bound_with, replicated_bound
 from .pack import descending_order
+from .mintree import tree_size
 from .place import place, time_max
 from .placement import log2phy_of
+from .replicate import water_fill_into
 from .threads import run_layers
-from .workspace import node_workspace, workspace
+from .workspace import FILL_KEYS, FILL_TREE, node_workspace, workspace
 
 GLOBAL = 0
 HIERARCHICAL = 1
@@ -53,8 +55,8 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
             node_speed[n] += speed[node_ranks[n, i]]
     node_load = nw.node_load
     place(group_w, nw.group_ones, node_speed, True, nw.group_counts, nw.group_slot,
-          nw.group_slot_w, node_load, has[:nodes, :num_groups], nw.group_ones, 0.0, fscratch,
-          iscratch)
+          nw.group_slot_w, node_load, has[:nodes, :num_groups], nw.group_ones, 0.0, False,
+          fscratch, iscratch)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
@@ -98,7 +100,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
             local_speed[i] = speed[node_ranks[n, i]]
         worst = max(worst, place(local_w, local_caps, local_speed, allow_dup, local_counts,
                                  local_e, local_sw, local_load, local_has, local_stack_caps,
-                                 worst, fscratch, iscratch))
+                                 worst, False, fscratch, iscratch))
         for j in range(local_n):
             counts[ids[j]] = local_counts[j]
         for i in range(gpn):
@@ -130,22 +132,23 @@ def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
 
 @njit(cache=True, nogil=True)
 def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
-               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound, fscratch,
-               iscratch, nw):
+               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound, counted,
+               fscratch, iscratch, nw):
     """Solves one layer with the policies asked for; returns the winner (GLOBAL or HIERARCHICAL).
 
     ``g`` and ``h`` are (counts, slot_e, slot_w, load) scratch of the two policies; the winner's
     hold the solution. ``candidate`` float64 [2], output: each policy's max rank time (inf if
     not run, or if the hierarchical one was cut short because it could not win). Ties go to
     the hierarchical policy (it keeps groups within a node). ``bound``: the layer's lower
-    bound; a global solution meeting it is not searched further. ``fscratch``, ``iscratch``,
-    ``nw``: scratch (``workspace``, ``node_workspace``).
+    bound; a global solution meeting it is not searched further. ``counted``: ``g[0]`` holds
+    the global policy's water-filled counts already. ``fscratch``, ``iscratch``, ``nw``:
+    scratch (``workspace``, ``node_workspace``).
     """
     candidate[:] = np.inf
     if try_global:
         # Global policy: all ranks interchangeable.
         candidate[GLOBAL] = place(weights, caps, speed, allow_dup_global, g[0], g[1], g[2],
-                                  g[3], has, stack_caps, bound, fscratch, iscratch)
+                                  g[3], has, stack_caps, bound, counted, fscratch, iscratch)
     if try_hier and _hierarchical_layer(weights, caps, speed, node_ranks, num_groups,
                                         allow_dup_hier, candidate[GLOBAL], h[0], h[1], h[2],
                                         h[3], has, stack_caps, fscratch, iscratch, nw):
@@ -188,12 +191,22 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     nodes, gpn = node_ranks.shape
     nw = node_workspace(num_experts, num_groups, nodes, gpn, slots)
     total_speed = speed.sum()
+    # Under caps of G everywhere the bound's water-filling is the global policy's: done once.
+    shared_fill = try_global and num_experts < num_slots <= num_experts * bins
+    for e in range(num_experts):
+        shared_fill = shared_fill and caps[e] == bins
+    size = tree_size(num_experts)
     for layer in layers:
         w = weights[layer]
-        bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
+        if shared_fill:
+            water_fill_into(w, num_slots, caps, g[0], fscratch[FILL_KEYS, :size],
+                            iscratch[FILL_TREE, :size])
+            bound[layer] = replicated_bound(w, g[0], speed)
+        else:
+            bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
         mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
                           allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
-                          stack_caps, bound[layer], fscratch, iscratch, nw)
+                          stack_caps, bound[layer], shared_fill, fscratch, iscratch, nw)
         best = h if mode == HIERARCHICAL else g
         winner[layer] = mode
         _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])

@@ -148,7 +148,7 @@ def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
 
 @njit(cache=True, nogil=True)
 def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps,
-          floor, fscratch, iscratch):
+          floor, counted, fscratch, iscratch):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
 
     Args:
@@ -156,7 +156,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         caps: int64 [n], replica cap per expert (at most ``bins`` unless ``allow_dup``).
         speed: float64 [bins], relative speed of each rank.
         allow_dup: whether two replicas of one expert may share a rank (only when forced).
-        counts: int64 [n], output: replicas per expert.
+        counts: int64 [n], output: replicas per expert (input too if ``counted``).
         slot_e: int64 [bins, S], output: local expert index in each slot.
         slot_w: float64 [bins, S], output: per-replica load in each slot.
         load: float64 [bins], output: load of each rank.
@@ -167,6 +167,8 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         floor: a time the caller cannot use anything below (a lower bound of the layer, or
             the busiest rank elsewhere); at or under it the alternatives and pair exchanges
             are skipped.
+        counted: ``counts`` already holds the water-filled counts for ``caps`` (the caller
+            needed them first), unless there is one replica per expert.
         fscratch, iscratch: the scratch of a ``workspace`` for >= n experts and >= bins * S
             replicas on >= bins ranks.
 
@@ -184,9 +186,10 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
         return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True, 0,
                           enough, fscratch, iscratch)[0]
-    size = tree_size(n)
-    water_fill_into(weights, bins * slots, caps, counts, fscratch[FILL_KEYS, :size],
-                    iscratch[FILL_TREE, :size])
+    if not counted:
+        size = tree_size(n)
+        water_fill_into(weights, bins * slots, caps, counts, fscratch[FILL_KEYS, :size],
+                        iscratch[FILL_TREE, :size])
     sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     partners = PAIR_PARTNERS if slots <= PAIR_SLOTS and not allow_dup else 0
     top, constrained = pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,

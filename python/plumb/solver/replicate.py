@@ -83,7 +83,13 @@ def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     size = tree_size(n)
     water_fill_into(weights, min(num_slots, n * cap), caps, counts, fscratch[FILL_KEYS, :size],
                     iscratch[FILL_TREE, :size])
+    return max_replica_load(weights, counts)
+
+
+@njit(cache=True, nogil=True)
+def max_replica_load(weights, counts):
+    """The largest per-replica load ``max_e w_e / c_e`` (float64 / int64 [n])."""
     best = 0.0
-    for e in range(n):
+    for e in range(weights.shape[0]):
         best = max(best, weights[e] / counts[e])
     return best
