@@ -46,6 +46,14 @@ def replica_lists(slot_e, num_experts):
 
 
 @njit(cache=True, nogil=True)
+def replica_ranks(rep, e, c, slots, ranks):
+    """Writes the ranks of expert ``e``'s ``c`` replicas (``rep`` int64 [E, >= c]: their
+    slots, from :func:`replica_lists`; ``slots`` per rank) into ``ranks[:c]``."""
+    for i in range(c):
+        ranks[i] = rep[e, i] // slots
+
+
+@njit(cache=True, nogil=True)
 def _nearest(cost, s, ranks, c):
     """(lowest link cost from source rank s to the first c of ``ranks``, how many tie at it)."""
     best = np.inf
@@ -181,8 +189,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
                 c = cnt[e]
                 if c == 1:
                     continue
-                for i in range(c):
-                    ranks[i] = rep[e, i] // slots
+                replica_ranks(rep, e, c, slots, ranks)
                 total_e = 0.0
                 for s in range(num_ranks):
                     column[s] = tok[s, e]
@@ -220,8 +227,7 @@ def _routing_table_model(phy2log, slots, num_experts, cost, layers, table):
             c = cnt[e]
             if c == 1:
                 continue
-            for i in range(c):
-                ranks[i] = rep[e, i] // slots
+            replica_ranks(rep, e, c, slots, ranks)
             for s in range(num_ranks):
                 best, ties = _nearest(cost, s, ranks, c)
                 pick = s % ties

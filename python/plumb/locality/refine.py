@@ -42,7 +42,7 @@ from numba import njit
 from ..errors import InputError
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
-from .dispatch import expert_routing, prepare, replica_lists
+from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
 from .repack import PIN_FILLS, node_preferences, repack_layer, sort_slots
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
@@ -67,8 +67,7 @@ def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost
     c = cnt[e]
     if not nearest or c == 1:
         return _spread_cost(e, rep, c, slots, weights[e], token_cost, ranks, rep_load)
-    for i in range(c):
-        ranks[i] = rep[e, i] // slots
+    replica_ranks(rep, e, c, slots, ranks)
     return expert_routing(ranks, c, weights[e], tok[e], shr[e], cost, level, nearest, rep_load,
                           no_levels)
 
@@ -136,8 +135,7 @@ def _nearest_moves(e, rep, c, slots, weight, tok, shr, cost, now, move, shift, r
     tied = np.empty((num_ranks, c), dtype=np.int64)
     without = np.empty(c, dtype=np.float64)
     total = np.empty(num_ranks, dtype=np.float64)
-    for k in range(c):
-        ranks[k] = rep[e, k] // slots
+    replica_ranks(rep, e, c, slots, ranks)
     for i in range(c):
         p = rep[e, i]
         # Loads of the other replicas if replica i were gone.

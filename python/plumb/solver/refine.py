@@ -26,8 +26,9 @@ from numba import njit
 
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
-from .workspace import (BUSY, BUSY_TREE, INV_SPEED, LIGHT, LIGHT_TREE, LIGHTEST, OWNER, PAIR_W1,
-                        PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION, TIME, workspace)
+from .workspace import (BUSY, BUSY_TREE, INV_SPEED, LIGHT, LIGHT_TREE, LIGHTEST, OWN_W1, OWN_W2,
+                        OWN_X1, OWN_X2, OWNER, PAIR_W1, PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION,
+                        TIME, workspace)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
@@ -147,45 +148,59 @@ def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
 
 
 @njit(cache=True, nogil=True)
+def _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, source, target, pair_w1,
+                   pair_w2, pair_1, pair_2):
+    """Lists the pairs of ``source``'s replicas (slot order) that may move to ``target``
+    (with ``forbid_dup``: neither expert already there): weights into ``pair_w1`` /
+    ``pair_w2``, replicas into ``pair_1`` / ``pair_2``; returns how many."""
+    slots = slot_item.shape[1]
+    count = 0
+    for k in range(slots):
+        for m in range(k + 1, slots):
+            first = slot_item[source, k]
+            second = slot_item[source, m]
+            if forbid_dup and (has[target, item_e[first]] > 0 or
+                               has[target, item_e[second]] > 0):
+                continue
+            pair_w1[count] = item_w[first]
+            pair_w2[count] = item_w[second]
+            pair_1[count] = first
+            pair_2[count] = second
+            count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
 def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
-               lightest, time, pair_w1, pair_w2, pair_y1, pair_y2):
+               lightest, time, fscratch, iscratch):
     """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
     returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``.
-    ``time`` float64 [bins], ``pair_w1`` / ``pair_w2`` float64 and ``pair_y1`` / ``pair_y2``
-    int64 [>= S * (S - 1) / 2]: scratch."""
-    bins, slots = slot_item.shape
+    ``time`` float64 [bins] and the ``workspace`` rows: scratch."""
+    bins = slot_item.shape[0]
     for r in range(bins):
         time[r] = load[r] * inv_speed[r]
     found = _lightest(time, h, partners, lightest)
+    own_w1, own_w2 = fscratch[OWN_W1], fscratch[OWN_W2]
+    own_x1, own_x2 = iscratch[OWN_X1], iscratch[OWN_X2]
+    pair_w1, pair_w2 = fscratch[PAIR_W1], fscratch[PAIR_W2]
+    pair_y1, pair_y2 = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
     best_x1 = best_x2 = best_y1 = best_y2 = -1
     for t in range(found):
         r = lightest[t]
-        # The partner's pairs that may move to h, listed once instead of once per pair of h.
-        num_pairs = 0
-        for k in range(slots):
-            for m in range(k + 1, slots):
-                y1 = slot_item[r, k]
-                y2 = slot_item[r, m]
-                if forbid_dup and (has[h, item_e[y1]] > 0 or has[h, item_e[y2]] > 0):
-                    continue
-                pair_w1[num_pairs] = item_w[y1]
-                pair_w2[num_pairs] = item_w[y2]
-                pair_y1[num_pairs] = y1
-                pair_y2[num_pairs] = y2
-                num_pairs += 1
-        for i in range(slots):
-            for j in range(i + 1, slots):
-                x1 = slot_item[h, i]
-                x2 = slot_item[h, j]
-                if forbid_dup and (has[r, item_e[x1]] > 0 or has[r, item_e[x2]] > 0):
-                    continue
-                a = item_w[x1] + item_w[x2]
-                for q in range(num_pairs):
-                    d = a - pair_w1[q] - pair_w2[q]
-                    worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
-                    if d > 0 and worse < best:
-                        best = worse
-                        best_x1, best_x2, best_y1, best_y2 = x1, x2, pair_y1[q], pair_y2[q]
+        # Each side's movable pairs listed once: the S**4 / 4 loop below is arithmetic only.
+        own = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, h, r, own_w1, own_w2,
+                             own_x1, own_x2)
+        theirs = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, r, h, pair_w1,
+                                pair_w2, pair_y1, pair_y2)
+        for p in range(own):
+            a = own_w1[p] + own_w2[p]
+            for q in range(theirs):
+                d = a - pair_w1[q] - pair_w2[q]
+                worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
+                if d > 0 and worse < best:
+                    best = worse
+                    best_x1, best_x2 = own_x1[p], own_x2[p]
+                    best_y1, best_y2 = pair_y1[q], pair_y2[q]
     return best_x1, best_x2, best_y1, best_y2
 
 
@@ -274,8 +289,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         elif partners > 0 and bins > 1 and pairs < max_pairs:
             x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
                                         forbid_dup, h, best, partners, lightest, time,
-                                        fscratch[PAIR_W1], fscratch[PAIR_W2],
-                                        iscratch[PAIR_Y1], iscratch[PAIR_Y2])
+                                        fscratch, iscratch)
             if x1 < 0:
                 break
             partner = owner[y1]

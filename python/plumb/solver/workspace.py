@@ -35,9 +35,11 @@ LIGHT = 7         # [t(b)] swap search: load of each rank
 INV_SPEED = 8     # [b] 1 / speed
 TIME = 9          # [b] load / speed
 TRIAL_LOAD = 10   # [b] an alternative's rank loads
-PAIR_W1 = 11      # [S**2] pair exchange: the lighter-rank pairs' weights
+PAIR_W1 = 11      # [S**2] pair exchange: the partner rank's movable pairs' weights
 PAIR_W2 = 12      # [S**2]
-FLOAT_ROWS = 13
+OWN_W1 = 13       # [S**2] pair exchange: the busiest rank's movable pairs' weights
+OWN_W2 = 14       # [S**2]
+FLOAT_ROWS = 15
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
@@ -57,9 +59,11 @@ LIGHT_TREE = 13   # [t(b)]
 ASIDE = 14        # [b] ranks LPT passed over for an item
 FILL = 15         # [b] slots used per rank
 LIGHTEST = 16     # [b] partner ranks of a pair exchange
-PAIR_Y1 = 17      # [S**2] pair exchange: the lighter-rank pairs' replicas
+PAIR_Y1 = 17      # [S**2] pair exchange: the partner rank's movable pairs' replicas
 PAIR_Y2 = 18      # [S**2]
-INT_ROWS = 19
+OWN_X1 = 19       # [S**2] pair exchange: the busiest rank's movable pairs' replicas
+OWN_X2 = 20       # [S**2]
+INT_ROWS = 21
 
 
 @njit(cache=True, nogil=True)
