@@ -182,13 +182,13 @@ def test_pair_polish_never_raises_the_maximum(seed, bins, slots):
     assert (load / speed).max() <= before * (1 + 1e-12)
 
 
-def test_sort_slots_sorts_each_rank_in_place():
-    from plumb.locality.repack import sort_slots
+def test_canonical_slots_sorts_each_rank():
+    from plumb.solver.placement import canonical_slots
 
     rng = np.random.default_rng(3)
     row = rng.integers(0, 50, 24).astype(np.int64)
     expected = np.sort(row.reshape(4, 6), axis=1).ravel()
-    sort_slots(row, 6)
+    canonical_slots(row.reshape(4, 6).copy(), row)
     assert np.array_equal(row, expected)
 
 

@@ -40,10 +40,11 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
-from .repack import PIN_FILLS, node_preferences, repack_layer, sort_slots
+from .repack import PIN_FILLS, node_preferences, repack_layer
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
 
@@ -544,7 +545,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
                                              token_cost[layer], node_of_rank, keep_node[layer],
                                              _MIN_GAIN * (after + 1.0), max_sweeps)
             after += change
-        sort_slots(row, slots)
+        canonical_slots(row.reshape((num_slots // slots, slots)).copy(), row)
         stats[layer, 0] = swaps
         stats[layer, 1] = before
         stats[layer, 2] = after

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from ..solver.pack import descending_order, repair_duplicates, swap_items
+from ..solver.placement import canonical_slots
 from ..solver.refine import refine_slots
 
 # Pair exchanges when the swap search is stuck above the cap: against this many of the
@@ -223,24 +224,7 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
     # more may move a pinned replica off its node.
     refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, 0, 0, cap)
     pair_polish(slot_e2, slot_w2, load, speed, has, forbid_dup, cap, PAIR_PARTNERS, PAIR_STEPS)
-    for r in range(num_ranks):
-        for j in range(slots):
-            out[r * slots + j] = slot_e2[r, j]
-    sort_slots(out, slots)
-
-
-@njit(cache=True, nogil=True)
-def sort_slots(row, slots):
-    """Sorts each rank's slots of ``row`` (int64 [P]) by expert id, in place: insertion sort,
-    as a rank holds few slots (no allocation per rank)."""
-    for start in range(0, row.shape[0], slots):
-        for j in range(start + 1, start + slots):
-            value = row[j]
-            k = j
-            while k > start and row[k - 1] > value:
-                row[k] = row[k - 1]
-                k -= 1
-            row[k] = value
+    canonical_slots(slot_e2, out)
 
 
 @njit(cache=True, nogil=True)

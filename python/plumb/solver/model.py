@@ -9,7 +9,7 @@ from .bounds import layer_bound_with, replicated_bound
 from .pack import descending_order
 from .mintree import tree_size
 from .place import place, time_max
-from .placement import log2phy_of
+from .placement import canonical_slots, log2phy_of
 from .replicate import water_fill_into
 from .threads import run_layers
 from .workspace import FILL_KEYS, FILL_TREE, node_workspace, workspace
@@ -115,18 +115,8 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
 @njit(cache=True, nogil=True)
 def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
     """Copies one layer's solution out, each rank's slots sorted by expert id (canonical order)."""
-    bins, slots = slot_e.shape
-    for r in range(bins):
-        # Each slot's place is the count of slots before it in (expert, slot) order: S**2
-        # branch-free comparisons, cheaper than a sort's unpredictable branches at small S.
-        for k in range(slots):
-            e = slot_e[r, k]
-            before = 0
-            for j in range(slots):
-                other = slot_e[r, j]
-                before += np.int64(other < e) | (np.int64(other == e) & np.int64(j < k))
-            phy2log_row[r * slots + before] = e
-        load_row[r] = load[r]
+    canonical_slots(slot_e, phy2log_row)
+    load_row[:] = load
     logcnt_row[:] = counts
 
 

@@ -26,6 +26,26 @@ def fill_log2phy(phy2log, log2phy):
             fill[e] += 1
 
 
+@njit(cache=True, nogil=True)
+def canonical_slots(slot_e, row):
+    """Writes ``slot_e`` (int64 [G, S], each rank's experts in any order) into ``row`` (int64
+    [G * S], a phy2log row) with each rank's slots by ascending expert id: the canonical order
+    of a placement.
+
+    Each slot's place is the count of slots before it in (expert, slot) order: S**2
+    branch-free comparisons, cheaper than a sort's unpredictable branches at small S.
+    """
+    bins, slots = slot_e.shape
+    for r in range(bins):
+        for k in range(slots):
+            e = slot_e[r, k]
+            before = 0
+            for j in range(slots):
+                other = slot_e[r, j]
+                before += np.int64(other < e) | (np.int64(other == e) & np.int64(j < k))
+            row[r * slots + before] = e
+
+
 def log2phy_of(phy2log: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
     """int64 [L, E, max(logcnt)]: each expert's slots, ascending, padded with -1."""
     num_layers, num_experts = logcnt.shape
