@@ -77,14 +77,16 @@ def test_two_slots_per_rank_pairing_bound_is_the_optimum():
 def test_each_rank_carries_its_lightest_companions():
     # G = 2, S = 3: the rank of the 50 also holds two others, at least 1 + 1.
     weights = np.array([50.0, 10.0, 10.0, 10.0, 1.0, 1.0])
-    assert cardinality_bound(np.sort(weights)[::-1], 2) == 52.0
+    scratch = np.empty((2, weights.size + 1))
+    assert cardinality_bound(np.sort(weights)[::-1], 2, scratch[0], scratch[1]) == 52.0
     assert layer_bound(weights, 6, np.ones(2)) == 52.0
 
 
 def test_k_bound():
     # G = 2, S = 3, equal loads: 2 * 2 + 1 = 5 items need 3 on one rank.
     weights = np.full(6, 4.0)
-    assert cardinality_bound(weights, 2) == 12.0
+    scratch = np.empty((2, weights.size + 1))
+    assert cardinality_bound(weights, 2, scratch[0], scratch[1]) == 12.0
 
 
 def test_bounds_scale_with_the_fastest_rank():

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from plumb.solver.pack import lpt_pack_counted
 from plumb.solver.refine import _MIN_GAIN, items_of_slots, refine_swaps
+from plumb.solver.workspace import RADIX_COUNTS, workspace
 
 
 def _items(rng, num_ranks, slots, num_experts, equal_shares):
@@ -57,7 +58,7 @@ def _reference_refine(slot_e, slot_w, load, speed, has, forbid_dup):
     item_w = np.empty(slot_e.size)
     item_e = np.empty(slot_e.size, dtype=np.int64)
     slot_item = np.empty(slot_e.shape, dtype=np.int64)
-    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
+    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item, *workspace(1, bins, slots))
     owner = np.repeat(np.arange(bins), slots)[np.argsort(slot_item.ravel())]
     steps = 0
     while True:
@@ -103,7 +104,8 @@ def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
     speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
     _, slot_e, slot_w, load, has = _pack(item_w, item_e, speed, slots, True, num_experts)
     ref = [a.copy() for a in (slot_e, slot_w, load, has)]
-    steps = refine_swaps(slot_e, slot_w, load, speed, has, True, 10_000)
+    steps = refine_swaps(slot_e, slot_w, load, speed, has, True, 10_000,
+                         *workspace(1, num_ranks, slots))
     ref_steps, ref_w, ref_e, ref_owner = _reference_refine(*ref[:3], speed, ref[3], True)
     assert steps == ref_steps
     got = [sorted(zip(slot_w[r].tolist(), slot_e[r].tolist())) for r in range(num_ranks)]
@@ -132,5 +134,5 @@ def test_descending_order_is_a_stable_descending_sort(n, seed, kind):
     else:
         values = 1.0 + rng.integers(0, 8, n) * 2.0**-50
     order = np.empty(n, dtype=np.int64)
-    descending_order(values, order, np.empty(n, dtype=np.int64))
+    descending_order(values, order, np.empty(n + RADIX_COUNTS, dtype=np.int64))
     np.testing.assert_array_equal(order, np.argsort(-values, kind="stable"))

@@ -183,6 +183,7 @@ def test_replica_caps():
 def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots, seed):
     # After the single-swap search is stuck, two-for-two exchanges only lower the busiest rank.
     from plumb.solver.refine import refine_slots, refine_swaps
+    from plumb.solver.workspace import workspace
 
     rng = np.random.default_rng(seed)
     slot_e = rng.permutation(num_ranks * slots).reshape(num_ranks, slots)
@@ -193,9 +194,10 @@ def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots,
     has = np.zeros((num_ranks, slot_e.size), dtype=np.int64)
     for r in range(num_ranks):
         has[r, slot_e[r]] = 1
-    refine_swaps(slot_e, slot_w, load, speed, has, True, 1000)
+    scratch = workspace(1, num_ranks, slots)
+    refine_swaps(slot_e, slot_w, load, speed, has, True, 1000, *scratch)
     stuck = load.max()
-    refine_slots(slot_e, slot_w, load, speed, has, True, 1000, 1000, 4, 0.0)
+    refine_slots(slot_e, slot_w, load, speed, has, True, 1000, 1000, 4, 0.0, *scratch)
     assert load.max() <= stuck
     assert sorted(zip(slot_e.ravel().tolist(), slot_w.ravel().tolist())) == items
     np.testing.assert_allclose(load, slot_w.sum(axis=1))

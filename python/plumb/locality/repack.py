@@ -33,6 +33,7 @@ from numba import njit
 from ..solver.pack import descending_order, repair_duplicates, swap_items
 from ..solver.placement import canonical_slots
 from ..solver.refine import refine_slots
+from ..solver.workspace import RADIX_COUNTS, workspace
 
 # Pair exchanges when the swap search is stuck above the cap: against this many of the
 # lightest ranks, at most this many exchanges (each followed by the swap search again).
@@ -79,7 +80,7 @@ def _by_preference(pref, e, order):
 def heaviest_first(item_w):
     """int64 [m]: indices of item_w (float64 [m], >= 0) by descending weight, ties by index."""
     order = np.empty(item_w.shape[0], dtype=np.int64)
-    descending_order(item_w, order, np.empty(item_w.shape[0], dtype=np.int64))
+    descending_order(item_w, order, np.empty(item_w.shape[0] + RADIX_COUNTS, dtype=np.int64))
     return order
 
 
@@ -105,7 +106,7 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
     order = np.empty(nodes, dtype=np.int64)
     item_node[:] = -1
     by_benefit = np.empty(num_experts, dtype=np.int64)
-    descending_order(benefit, by_benefit, np.empty(num_experts, dtype=np.int64))
+    descending_order(benefit, by_benefit, np.empty(num_experts + RADIX_COUNTS, dtype=np.int64))
     for e in by_benefit:
         if benefit[e] <= 0.0:
             break
@@ -222,7 +223,9 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
         repair_duplicates(slot_e2, slot_w2, load, speed, has)
     # Only down to the cap: a packing within it is all the caller needs, and every swap
     # more may move a pinned replica off its node.
-    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, 0, 0, cap)
+    fscratch, iscratch = workspace(num_experts, num_ranks, slots)
+    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, 0, 0, cap,
+                 fscratch, iscratch)
     pair_polish(slot_e2, slot_w2, load, speed, has, forbid_dup, cap, PAIR_PARTNERS, PAIR_STEPS)
     canonical_slots(slot_e2, out)
 
@@ -321,6 +324,7 @@ def pair_polish(slot_e, slot_w, load, speed, has, forbid_dup, cap, partners, max
     second = np.empty(num_pairs, dtype=np.int64)
     order = np.empty(bins, dtype=np.int64)
     time = np.empty(bins, dtype=np.float64)
+    fscratch, iscratch = workspace(1, bins, slots)
     for step in range(max_steps):
         for r in range(bins):
             time[r] = load[r] / speed[r]
@@ -367,5 +371,5 @@ def pair_polish(slot_e, slot_w, load, speed, has, forbid_dup, cap, partners, max
         swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_k)
         swap_items(slot_e, slot_w, load, has, h, best_j, best_r, best_m)
         refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16, 0, 0,
-                     cap)
+                     cap, fscratch, iscratch)
     return max_steps

@@ -19,28 +19,29 @@ A rank whose load is at least X has time at least X / max(speed).
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
+from .jit import kernel, largest, total
 from .pack import descending_order
 from .replicate import max_replica_load, min_max_replica_load
-from .workspace import ORDER, SHARE, SORT_SCRATCH, workspace
+from .workspace import ORDER, PREFIX, SHARE, SORT_SCRATCH, SUFFIX, workspace
 
 
-@njit(cache=True, nogil=True)
-def cardinality_bound(heaviest, bins):
+@kernel
+def cardinality_bound(heaviest, bins, prefix, suffix):
     """Largest cardinality bound on the busiest rank's load when each of ``bins`` ranks holds
     exactly ``len(heaviest) / bins`` experts, one replica each.
 
     Args:
         heaviest: float64 [E], the expert loads sorted descending; E a multiple of ``bins``.
         bins: G, the number of ranks.
+        prefix, suffix: float64 [>= E + 1], scratch.
     """
     n = heaviest.shape[0]
     slots = n // bins
     # suffix[m] = small(m), the sum of the m lightest; prefix[m] = the m heaviest.
-    suffix = np.zeros(n + 1, dtype=np.float64)
-    prefix = np.zeros(n + 1, dtype=np.float64)
+    suffix[0] = 0.0
+    prefix[0] = 0.0
     for m in range(1, n + 1):
         suffix[m] = suffix[m - 1] + heaviest[n - m]
         prefix[m] = prefix[m - 1] + heaviest[m - 1]
@@ -75,33 +76,35 @@ def layer_bound(weights, num_slots, speed):
     return layer_bound_with(weights, num_slots, speed, fscratch, iscratch)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def layer_bound_with(weights, num_slots, speed, fscratch, iscratch):
     """:func:`layer_bound` with the scratch of a ``workspace`` for >= E experts."""
     num_experts = weights.shape[0]
     bins = speed.shape[0]
-    top_speed = speed.max()
+    top_speed = largest(speed)
     if num_slots == num_experts:  # one replica each: T* is the heaviest expert
-        bound = max(weights.sum() / speed.sum(), weights.max() / top_speed)
+        bound = max(total(weights) / total(speed), largest(weights) / top_speed)
     else:
-        bound = max(weights.sum() / speed.sum(),
+        bound = max(total(weights) / total(speed),
                     min_max_replica_load(weights, num_slots, bins, fscratch, iscratch) / top_speed)
     if num_slots == num_experts and num_experts > bins:
         order = iscratch[ORDER, :num_experts]
-        descending_order(weights, order, iscratch[SORT_SCRATCH, :num_experts])
+        descending_order(weights, order, iscratch[SORT_SCRATCH])
         heaviest = fscratch[SHARE, :num_experts]
         for i in range(num_experts):
             heaviest[i] = weights[order[i]]
-        bound = max(bound, cardinality_bound(heaviest, bins) / top_speed)
+        bound = max(bound, cardinality_bound(heaviest, bins, fscratch[PREFIX], fscratch[SUFFIX])
+                    / top_speed)
     return bound
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def replicated_bound(weights, counts, speed):
     """:func:`layer_bound` for P != E from ``counts`` (int64 [E]) that are already the
     water-filled counts of P replicas under a cap of G per expert (P <= E * G): their
     largest replica is ``T*``, so the solver's own water-filling gives the bound for free."""
-    return max(weights.sum() / speed.sum(), max_replica_load(weights, counts) / speed.max())
+    return max(total(weights) / total(speed),
+               max_replica_load(weights, counts) / largest(speed))
 
 
 @njit(cache=True, nogil=True)

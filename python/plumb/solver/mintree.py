@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from numba import njit
 
+from .jit import kernel
+
 
 @njit(cache=True, nogil=True)
 def tree_size(n):
@@ -30,7 +32,7 @@ def _winner(keys, a, b):
     return a if keys[a] <= keys[b] else b
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def tree_build(keys, tree):
     """Computes every node of ``tree`` from ``keys`` (both of length ``size``); O(size)."""
     size = keys.shape[0]
@@ -41,7 +43,7 @@ def tree_build(keys, tree):
         tree[i] = _winner(keys, tree[2 * i], tree[2 * i + 1])
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def tree_update(keys, tree, leaf):
     """Re-plays the path of ``leaf`` after ``keys[leaf]`` changed."""
     size = keys.shape[0]

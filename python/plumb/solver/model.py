@@ -6,19 +6,20 @@ import numpy as np
 from numba import njit
 
 from .bounds import layer_bound_with, replicated_bound
+from .jit import kernel
 from .pack import descending_order
 from .mintree import tree_size
 from .place import place, time_max
 from .placement import canonical_slots, log2phy_of
 from .replicate import water_fill_into
 from .threads import run_layers
-from .workspace import FILL_KEYS, FILL_TREE, node_workspace, workspace
+from .workspace import FILL_KEYS, FILL_TREE, copy_into, node_workspace, workspace
 
 GLOBAL = 0
 HIERARCHICAL = 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup, beat, counts,
                         slot_e, slot_w, load, has, stack_caps, fscratch, iscratch, nw):
     """Hierarchical policy for one layer (DeepSeek's structure, each step balanced better).
@@ -112,38 +113,12 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _write_layer(slot_e, load, counts, phy2log_row, logcnt_row, load_row):
     """Copies one layer's solution out, each rank's slots sorted by expert id (canonical order)."""
     canonical_slots(slot_e, phy2log_row)
-    load_row[:] = load
-    logcnt_row[:] = counts
-
-
-@njit(cache=True, nogil=True)
-def _best_mode(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
-               allow_dup_global, allow_dup_hier, g, h, has, candidate, stack_caps, bound, counted,
-               fscratch, iscratch, nw):
-    """Solves one layer with the policies asked for; returns the winner (GLOBAL or HIERARCHICAL).
-
-    ``g`` and ``h`` are (counts, slot_e, slot_w, load) scratch of the two policies; the winner's
-    hold the solution. ``candidate`` float64 [2], output: each policy's max rank time (inf if
-    not run, or if the hierarchical one was cut short because it could not win). Ties go to
-    the hierarchical policy (it keeps groups within a node). ``bound``: the layer's lower
-    bound; a global solution meeting it is not searched further. ``counted``: ``g[0]`` holds
-    the global policy's water-filled counts already. ``fscratch``, ``iscratch``, ``nw``:
-    scratch (``workspace``, ``node_workspace``).
-    """
-    candidate[:] = np.inf
-    if try_global:
-        # Global policy: all ranks interchangeable.
-        candidate[GLOBAL] = place(weights, caps, speed, allow_dup_global, g[0], g[1], g[2],
-                                  g[3], has, stack_caps, bound, counted, fscratch, iscratch)
-    if try_hier and _hierarchical_layer(weights, caps, speed, node_ranks, num_groups,
-                                        allow_dup_hier, candidate[GLOBAL], h[0], h[1], h[2],
-                                        h[3], has, stack_caps, fscratch, iscratch, nw):
-        candidate[HIERARCHICAL] = time_max(h[3], speed)
-    return HIERARCHICAL if candidate[HIERARCHICAL] <= candidate[GLOBAL] else GLOBAL
+    copy_into(load_row, load)
+    copy_into(logcnt_row, counts)
 
 
 @njit(cache=True, nogil=True)
@@ -171,10 +146,14 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     bins = speed.shape[0]
     num_slots = phy2log.shape[1]
     slots = num_slots // bins
-    g = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
-         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
-    h = (np.empty(num_experts, dtype=np.int64), np.empty((bins, slots), dtype=np.int64),
-         np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64))
+    # Each policy's solution of the current layer: replica counts, expert and load per slot,
+    # rank loads. Separate arrays, not tuples: every array handed to a kernel is reference
+    # counted at the call, and a tuple hands over all its members.
+    g_counts = np.empty(num_experts, dtype=np.int64)
+    h_counts = np.empty(num_experts, dtype=np.int64)
+    g_e, h_e = np.empty((bins, slots), dtype=np.int64), np.empty((bins, slots), dtype=np.int64)
+    g_w, h_w = np.empty((bins, slots), dtype=np.float64), np.empty((bins, slots), dtype=np.float64)
+    g_load, h_load = np.empty(bins, dtype=np.float64), np.empty(bins, dtype=np.float64)
     # Replicas per (rank, expert): at most S, and int16 keeps the matrix in cache.
     has = np.empty((bins, num_experts), dtype=np.int16)
     fscratch, iscratch = workspace(num_experts, bins, slots)
@@ -189,18 +168,32 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     for layer in layers:
         w = weights[layer]
         if shared_fill:
-            water_fill_into(w, num_slots, caps, g[0], fscratch[FILL_KEYS, :size],
+            water_fill_into(w, num_slots, caps, g_counts, fscratch[FILL_KEYS, :size],
                             iscratch[FILL_TREE, :size])
-            bound[layer] = replicated_bound(w, g[0], speed)
+            bound[layer] = replicated_bound(w, g_counts, speed)
         else:
             bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
-        mode = _best_mode(w, caps, speed, node_ranks, num_groups, try_global, try_hier,
-                          allow_dup_global, allow_dup_hier, g, h, has, candidate_max[layer],
-                          stack_caps, bound[layer], shared_fill, fscratch, iscratch, nw)
-        best = h if mode == HIERARCHICAL else g
-        winner[layer] = mode
-        _write_layer(best[1], best[3], best[0], phy2log[layer], logcnt[layer], rank_load[layer])
-        top = candidate_max[layer, mode]
+        # Each policy's max rank time: inf if not run, or if the hierarchical one was cut
+        # short because it could not win. Ties go to the hierarchical policy (it keeps groups
+        # within a node). A global solution meeting the bound is not searched further.
+        top_global = top_hier = np.inf
+        if try_global:
+            top_global = place(w, caps, speed, allow_dup_global, g_counts, g_e, g_w, g_load,
+                               has, stack_caps, bound[layer], shared_fill, fscratch, iscratch)
+        if try_hier and _hierarchical_layer(w, caps, speed, node_ranks, num_groups,
+                                            allow_dup_hier, top_global, h_counts, h_e, h_w,
+                                            h_load, has, stack_caps, fscratch, iscratch, nw):
+            top_hier = time_max(h_load, speed)
+        candidate_max[layer, GLOBAL] = top_global
+        candidate_max[layer, HIERARCHICAL] = top_hier
+        if top_hier <= top_global:
+            winner[layer] = HIERARCHICAL
+            _write_layer(h_e, h_load, h_counts, phy2log[layer], logcnt[layer], rank_load[layer])
+            top = top_hier
+        else:
+            winner[layer] = GLOBAL
+            _write_layer(g_e, g_load, g_counts, phy2log[layer], logcnt[layer], rank_load[layer])
+            top = top_global
         max_load[layer] = top
         balancedness[layer] = w.sum() / total_speed / top if top > 0 else 1.0
         # max_load >= bound mathematically; clip the last-ulp differences of summation order.

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import kernel
 from .mintree import tree_build, tree_min, tree_size, tree_update
-from .workspace import ASIDE, FILL, INV_SPEED, RANK_KEYS, RANK_TREE, workspace
+from .workspace import ASIDE, FILL, INV_SPEED, RADIX_COUNTS, RANK_KEYS, RANK_TREE, workspace
 
 
 # Below this many values each value's rank is counted directly (n**2 comparisons that the
@@ -23,19 +24,22 @@ _RADIX_MIN = 128
 _TOP_BYTE = 4
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def descending_order(values, order, scratch):
     """Writes into ``order`` the indices of ``values`` by descending value, ties by index.
 
-    ``values`` float64 [m], non-negative (no NaN); ``order`` and ``scratch`` int64 [m]. A
-    stable sort, several times faster than ``np.argsort`` at these sizes: rank counting for
-    short inputs, else an LSD radix sort on the float bits (the high half first; all eight
-    bytes only when two values share it).
+    ``values`` float64 [m], non-negative (no NaN); ``order`` int64 [m]; ``scratch`` int64
+    [m + RADIX_COUNTS] from ``_RADIX_MIN`` values on (unused below). A stable sort, several
+    times faster than ``np.argsort`` at these sizes: rank counting for short inputs, else an
+    LSD radix sort on the float bits (the high half first; all eight bytes only when two
+    values share it).
     """
     n = values.shape[0]
     if n < _RADIX_MIN:
         _rank_descending(values, order)
         return
+    if scratch.shape[0] < n + RADIX_COUNTS:
+        raise ValueError("descending_order: scratch must hold len(values) + 256 int64")
     _radix_descending(values, order, scratch, _TOP_BYTE)
     for i in range(1, n):
         if values[order[i - 1]] < values[order[i]]:
@@ -43,7 +47,7 @@ def descending_order(values, order, scratch):
             return
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rank_descending(values, order):
     """:func:`descending_order` by counting, for each value, the values that go before it."""
     n = values.shape[0]
@@ -57,48 +61,54 @@ def _rank_descending(values, order):
         order[before] = i
 
 
-@njit(cache=True, nogil=True)
+@kernel
+def _radix_key(bits):
+    """The sort key of a non-negative double given as its bits: the bits complemented
+    (ascending keys are descending values); -0.0 is mapped to 0.0 first (it compares equal)."""
+    return ~bits if (bits << np.uint64(1)) != 0 else ~np.uint64(0)
+
+
+@kernel
 def _radix_descending(values, order, scratch, first_byte):
     """:func:`descending_order` by stable counting passes over bytes ``first_byte..7`` of the
     keys (all of them for ``first_byte`` 0; with more, values equal in those bytes keep index
     order: the caller checks).
 
-    Non-negative doubles order like their bit patterns read as unsigned integers; the
-    complement turns ascending into descending, and stability keeps ties by index. -0.0 is
-    mapped to 0.0 first (it compares equal).
+    Non-negative doubles order like their bit patterns read as unsigned integers. The keys
+    are read through the current order (the values fit in cache) rather than kept in a
+    buffer of their own.
     """
     n = values.shape[0]
-    keys = np.empty(n, dtype=np.uint64)
-    spare = np.empty(n, dtype=np.uint64)
-    bits = np.ascontiguousarray(values).view(np.uint64)
+    bits = values.view(np.uint64)
     for i in range(n):
-        keys[i] = ~bits[i] if values[i] != 0.0 else ~np.uint64(0)
         order[i] = i
-    count = np.empty(256, dtype=np.int64)
-    src_k, src_o, dst_k, dst_o = keys, order, spare, scratch
+    count = scratch[n:n + RADIX_COUNTS]
+    src_o, dst_o = order, scratch[:n]
     in_order = True
     for byte in range(first_byte, 8):
         shift = np.uint64(8 * byte)
         count[:] = 0
         for i in range(n):
-            count[(src_k[i] >> shift) & np.uint64(255)] += 1
-        if count[(src_k[0] >> shift) & np.uint64(255)] == n:
+            j = src_o[i]
+            count[(_radix_key(bits[j]) >> shift) & np.uint64(255)] += 1
+        j = src_o[0]
+        if count[(_radix_key(bits[j]) >> shift) & np.uint64(255)] == n:
             continue  # every key has this byte: the pass would not move anything
         total = 0
-        for digit in range(256):
+        for digit in range(RADIX_COUNTS):
             here = count[digit]
             count[digit] = total
             total += here
         for i in range(n):
-            digit = (src_k[i] >> shift) & np.uint64(255)
-            dst_k[count[digit]] = src_k[i]
-            dst_o[count[digit]] = src_o[i]
+            j = src_o[i]
+            digit = (_radix_key(bits[j]) >> shift) & np.uint64(255)
+            dst_o[count[digit]] = j
             count[digit] += 1
-        src_k, dst_k = dst_k, src_k
         src_o, dst_o = dst_o, src_o
         in_order = not in_order
     if not in_order:
-        order[:] = scratch
+        for i in range(n):
+            order[i] = scratch[i]
 
 
 @njit(cache=True, nogil=True)
@@ -123,14 +133,14 @@ def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, ha
     """
     m = item_w.shape[0]
     order = np.empty(m, dtype=np.int64)
-    descending_order(item_w, order, np.empty(m, dtype=np.int64))
+    descending_order(item_w, order, np.empty(m + RADIX_COUNTS, dtype=np.int64))
     bins, slots = slot_e.shape
     fscratch, iscratch = workspace(1, bins, slots)
     return lpt_place(item_w[order], item_e[order], speed, forbid_dup, slot_e, slot_w, load, has,
                      np.empty(slot_e.shape, dtype=np.int64), fscratch, iscratch)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot_item, fscratch,
               iscratch):
     """:func:`lpt_pack_counted` of items already in placement order (heaviest first, ties by
@@ -201,7 +211,7 @@ def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     return stacked, set_aside
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def repair_duplicates(slot_e, slot_w, load, speed, has):
     """Swaps stacked replicas away so that no bin holds an expert twice.
 
@@ -241,7 +251,7 @@ def repair_duplicates(slot_e, slot_w, load, speed, has):
     return left
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def swap_items(slot_e, slot_w, load, has, r, k, r2, k2):
     """Exchanges slot ``k`` of bin ``r`` with slot ``k2`` of bin ``r2``, keeping loads and counts."""
     e = slot_e[r, k]

@@ -18,16 +18,16 @@ unstacked everywhere else.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
+from .jit import kernel, total
+from .mintree import tree_size
 from .pack import descending_order, lpt_place, repair_duplicates
 from .refine import refine_items, refine_slots, refine_swaps, slots_of_items
-from .mintree import tree_size
 from .replicate import water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, SHARE, SLOT_ITEM,
                         SORT_SCRATCH, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
-                        TRIAL_LOAD, TRIAL_W, workspace)
+                        TRIAL_LOAD, TRIAL_W, copy_into, workspace)
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
 RECOUNT_SLACK = 1e-2
@@ -37,7 +37,7 @@ PAIR_SLOTS = 8
 PAIR_PARTNERS = 4
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
     """Expands ``counts[e]`` replicas of each expert (each ``w_e / c_e``) into ``item_w`` /
     ``item_e`` (float64 / int64 [sum(counts)]), heaviest first; ``fscratch`` /
@@ -51,7 +51,7 @@ def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
     for e in range(n):
         share[e] = weights[e] / counts[e]
     order = iscratch[ORDER, :n]
-    descending_order(share, order, iscratch[SORT_SCRATCH, :n])
+    descending_order(share, order, iscratch[SORT_SCRATCH])
     i = 0
     for e in order:
         for _ in range(counts[e]):
@@ -60,7 +60,7 @@ def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
             i += 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, partners,
                floor, fscratch, iscratch):
     """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``
@@ -82,7 +82,8 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
     if stacked > 0 and not allow_dup:
         repair_duplicates(slot_e, slot_w, load, speed, has)
         if refine:
-            refine_slots(slot_e, slot_w, load, speed, has, True, steps, steps, partners, floor)
+            refine_slots(slot_e, slot_w, load, speed, has, True, steps, steps, partners, floor,
+                         fscratch, iscratch)
     # At or under the floor the search would stop at once: LPT's slots stand as they are.
     elif refine and time_max(load, speed) > floor:
         # The item list is already sorted by weight: refine on it directly.
@@ -109,7 +110,7 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
                       0.0, fscratch, iscratch)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def time_max(load, speed):
     """The busiest rank's ``load / speed`` (float64 [bins] each)."""
     top = 0.0
@@ -118,7 +119,7 @@ def time_max(load, speed):
     return top
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
     """Picks one replica move for a repack: returns (gainer, donor), or (-1, -1) if none."""
     bins, slots = slot_e.shape
@@ -146,7 +147,7 @@ def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
     return gainer, donor
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps,
           floor, counted, fscratch, iscratch):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
@@ -179,7 +180,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     n = weights.shape[0]
     item_w = fscratch[ITEM_W, :bins * slots]
     item_e = iscratch[ITEM_E, :bins * slots]
-    ideal = weights.sum() / speed.sum()
+    ideal = total(weights) / total(speed)
     enough = max(ideal * (1.0 + 1e-9), floor)
     if n == bins * slots:
         counts[:] = 1
@@ -208,7 +209,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     return top
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _caps_bind(counts, caps, stack_caps):
     """Whether some expert sits at its cap (int64 [n] each) while the stacking caps allow more."""
     for e in range(counts.shape[0]):
@@ -217,7 +218,7 @@ def _caps_bind(counts, caps, stack_caps):
     return False
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
                   stack_caps, try_stack, recap, item_w, item_e, partners, enough, fscratch,
                   iscratch):
@@ -231,9 +232,9 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
     # ``item_w`` / ``item_e`` hold the replicas of the counts on entry; a kept replica move
     # changes ``counts``, so the stacked alternative restarts from these.
     base_counts = iscratch[BASE_COUNTS, :n]
-    base_counts[:] = counts
+    copy_into(base_counts, counts)
     trial_counts = iscratch[TRIAL_COUNTS, :n]
-    trial_counts[:] = counts
+    copy_into(trial_counts, counts)
     trial_e = iscratch[TRIAL_E, :m].reshape((bins, slots))
     trial_w = fscratch[TRIAL_W, :m].reshape((bins, slots))
     trial_load = fscratch[TRIAL_LOAD, :bins]
@@ -250,9 +251,9 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch,
                              iscratch)
             else:
-                trial_counts[:] = base_counts
-                trial_item_w[:] = item_w
-                trial_item_e[:] = item_e
+                copy_into(trial_counts, base_counts)
+                copy_into(trial_item_w, item_w)
+                copy_into(trial_item_e, item_e)
         else:
             if not recount:
                 continue
@@ -268,14 +269,14 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                            iscratch)[0]
         if stack and trial < top:
             refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
-                         4 * slot_e.size + 16)
+                         4 * slot_e.size + 16, fscratch, iscratch)
             trial = time_max(trial_load, speed)
         if trial < top * (1.0 - 1e-9):
             top = trial
-            counts[:] = trial_counts
-            slot_e[:, :] = trial_e
-            slot_w[:, :] = trial_w
-            load[:] = trial_load
+            copy_into(counts, trial_counts)
+            copy_into(slot_e, trial_e)
+            copy_into(slot_w, trial_w)
+            copy_into(load, trial_load)
         else:
-            trial_counts[:] = counts
+            copy_into(trial_counts, counts)
     return top

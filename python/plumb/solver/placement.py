@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..topology import Topology
+from .jit import kernel
 from .metrics import Metrics
 
 
@@ -26,7 +27,7 @@ def fill_log2phy(phy2log, log2phy):
             fill[e] += 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def canonical_slots(slot_e, row):
     """Writes ``slot_e`` (int64 [G, S], each rank's experts in any order) into ``row`` (int64
     [G * S], a phy2log row) with each rank's slots by ascending expert id: the canonical order

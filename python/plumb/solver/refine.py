@@ -22,19 +22,20 @@ partner, meant for few slots per rank) and the swap search resumes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from .jit import kernel, largest
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
-from .workspace import (BUSY, BUSY_TREE, INV_SPEED, LIGHT, LIGHT_TREE, LIGHTEST, OWN_W1, OWN_W2,
-                        OWN_X1, OWN_X2, OWNER, PAIR_W1, PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION,
-                        TIME, workspace)
+from .workspace import (BUSY, BUSY_TREE, FLAT_ORDER, FLAT_W, INV_SPEED, LIGHT, LIGHT_TREE,
+                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, PAIR_W1, PAIR_W2,
+                        PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E, SLOTS_ITEM_W,
+                        SLOTS_SLOT_ITEM, SORT_SCRATCH, TIME)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def sort_row(slot_e, slot_w, r):
     """Sorts rank ``r``'s slots by ascending load (ties by expert id), insertion sort: S is small."""
     slots = slot_e.shape[1]
@@ -50,23 +51,24 @@ def sort_row(slot_e, slot_w, r):
         slot_e[r, j + 1] = e
 
 
-@njit(cache=True, nogil=True)
-def items_of_slots(slot_e, slot_w, item_w, item_e, slot_item):
+@kernel
+def items_of_slots(slot_e, slot_w, item_w, item_e, slot_item, fscratch, iscratch):
     """Lists the ``m = bins * S`` replicas of a packing heaviest first (ties by rank, then slot).
 
     Args:
         slot_e, slot_w: int64 / float64 [bins, S], the packing.
         item_w, item_e: float64 / int64 [m], output: weight and expert of each replica.
         slot_item: int64 [bins, S], output: the replica in each slot (index into the list).
+        fscratch, iscratch: the scratch of a ``workspace`` for >= m replicas.
     """
     bins, slots = slot_e.shape
     m = bins * slots
-    flat_w = np.empty(m, dtype=np.float64)
+    flat_w = fscratch[FLAT_W, :m]
     for r in range(bins):
         for k in range(slots):
             flat_w[r * slots + k] = slot_w[r, k]
-    order = np.empty(m, dtype=np.int64)
-    descending_order(flat_w, order, np.empty(m, dtype=np.int64))
+    order = iscratch[FLAT_ORDER, :m]
+    descending_order(flat_w, order, iscratch[SORT_SCRATCH])
     for i in range(m):
         r = order[i] // slots
         k = order[i] % slots
@@ -75,7 +77,7 @@ def items_of_slots(slot_e, slot_w, item_w, item_e, slot_item):
         slot_item[r, k] = i
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
     """Writes a packing back into ``slot_e`` / ``slot_w``, each rank's slots sorted by
     ascending load (ties by expert id)."""
@@ -87,7 +89,7 @@ def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
         sort_row(slot_e, slot_w, r)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, forbid_dup, h,
                best, max_speed, min_load):
     """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
@@ -127,7 +129,7 @@ def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, fo
     return bx, by
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
     """Exchanges replicas ``x`` and ``y`` between their ranks, keeping loads and counts."""
     h = owner[x]
@@ -147,7 +149,7 @@ def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
     position[x], position[y] = ky, kx
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, source, target, pair_w1,
                    pair_w2, pair_1, pair_2):
     """Lists the pairs of ``source``'s replicas (slot order) that may move to ``target``
@@ -170,7 +172,7 @@ def _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, source, target, p
     return count
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
                lightest, time, fscratch, iscratch):
     """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
@@ -204,7 +206,7 @@ def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, b
     return best_x1, best_x2, best_y1, best_y2
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _lightest(time, skip, count, out):
     """Writes the (up to) ``count`` ranks of smallest time other than ``skip`` into ``out``,
     ascending; returns how many."""
@@ -221,7 +223,7 @@ def _lightest(time, skip, count, out):
     return found
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps, max_pairs,
                  partners, floor, fscratch, iscratch):
     """Improves a packing given as a weight-sorted replica list, in place.
@@ -270,7 +272,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         light[r] = load[r]
     tree_build(busy, busy_tree)
     tree_build(light, light_tree)
-    max_speed = speed.max()
+    max_speed = largest(speed)
     lightest = iscratch[LIGHTEST, :bins]
     time = fscratch[TIME, :bins]
     swaps = 0
@@ -306,26 +308,26 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     return swaps, pairs
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_swaps, max_pairs, partners,
-                 floor):
+                 floor, fscratch, iscratch):
     """:func:`refine_items` on a packing given as slot arrays (updated in place; each rank's
-    slots sorted by load on return)."""
+    slots sorted by load on return); ``fscratch`` / ``iscratch``: the scratch of a
+    ``workspace`` for >= bins * S replicas on >= bins ranks."""
     bins, slots = slot_e.shape
     m = slot_e.size
-    item_w = np.empty(m, dtype=np.float64)
-    item_e = np.empty(m, dtype=np.int64)
-    slot_item = np.empty(slot_e.shape, dtype=np.int64)
-    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item)
-    fscratch, iscratch = workspace(1, bins, slots)
+    item_w = fscratch[SLOTS_ITEM_W, :m]
+    item_e = iscratch[SLOTS_ITEM_E, :m]
+    slot_item = iscratch[SLOTS_SLOT_ITEM, :m].reshape((bins, slots))
+    items_of_slots(slot_e, slot_w, item_w, item_e, slot_item, fscratch, iscratch)
     done = refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_swaps,
                         max_pairs, partners, floor, fscratch, iscratch)
     slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
     return done
 
 
-@njit(cache=True, nogil=True)
-def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
+@kernel
+def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, fscratch, iscratch):
     """Improves a packing in place by single swaps.
 
     Args:
@@ -334,8 +336,11 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps):
         has: int [bins, >= n], replicas of each expert per rank (kept up to date).
         forbid_dup: only accept swaps that put no expert twice on one rank.
         max_steps: bound on accepted swaps (a safety net; the search normally stops earlier).
+        fscratch, iscratch: the scratch of a ``workspace`` for >= bins * S replicas on
+            >= bins ranks.
 
     Returns:
         Number of swaps applied. On return each rank's slots are sorted by load.
     """
-    return refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0, 0.0)[0]
+    return refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0, 0.0,
+                        fscratch, iscratch)[0]

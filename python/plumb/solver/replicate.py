@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import kernel
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .workspace import BASE_COUNTS, FILL_KEYS, FILL_TREE, TRIAL_COUNTS
 
@@ -37,7 +38,7 @@ def water_fill(weights, num_slots, caps, counts):
                            np.empty(size, dtype=np.int64))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def water_fill_into(weights, num_slots, caps, counts, keys, tree):
     """:func:`water_fill` with its tree in ``keys`` float64 / ``tree`` int64
     [``tree_size(n)``] (scratch)."""
@@ -65,7 +66,7 @@ def water_fill_into(weights, num_slots, caps, counts, keys, tree):
     return capped
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     """``T*``: the smallest achievable ``max_e w_e / c_e`` over counts with ``1 <= c_e <= cap``.
 
@@ -78,7 +79,8 @@ def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     """
     n = weights.shape[0]
     caps = iscratch[BASE_COUNTS, :n]
-    caps[:] = cap
+    for e in range(n):
+        caps[e] = cap
     counts = iscratch[TRIAL_COUNTS, :n]
     size = tree_size(n)
     water_fill_into(weights, min(num_slots, n * cap), caps, counts, fscratch[FILL_KEYS, :size],
@@ -86,7 +88,7 @@ def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     return max_replica_load(weights, counts)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def max_replica_load(weights, counts):
     """The largest per-replica load ``max_e w_e / c_e`` (float64 / int64 [n])."""
     best = 0.0

@@ -21,7 +21,11 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from .jit import kernel
 from .mintree import tree_size
+
+# Counters of one radix-sort pass (a byte's values), kept at the end of the sort scratch.
+RADIX_COUNTS = 256
 
 # fscratch rows. m: replicas (ranks x slots); n: experts; b: ranks; t(x): tree leaves.
 ITEM_W = 0        # [m] the replica list of ``place``, heaviest first
@@ -39,7 +43,11 @@ PAIR_W1 = 11      # [S**2] pair exchange: the partner rank's movable pairs' weig
 PAIR_W2 = 12      # [S**2]
 OWN_W1 = 13       # [S**2] pair exchange: the busiest rank's movable pairs' weights
 OWN_W2 = 14       # [S**2]
-FLOAT_ROWS = 15
+PREFIX = 15       # [n + 1] cardinality bound: sums of the heaviest experts
+SUFFIX = 16       # [n + 1] cardinality bound: sums of the lightest experts
+FLAT_W = 17       # [m] a packing's replica weights in slot order (refine_slots)
+SLOTS_ITEM_W = 18  # [m] refine_slots' replica list
+FLOAT_ROWS = 19
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
@@ -49,7 +57,7 @@ SLOT_ITEM = 3     # [m] the replica in each slot, viewed as [b, S]
 OWNER = 4         # [m] rank of each replica (swap search)
 POSITION = 5      # [m] slot of each replica (swap search)
 ORDER = 6         # [n] experts by descending share
-SORT_SCRATCH = 7  # [n]
+SORT_SCRATCH = 7  # [max(n, m) + RADIX_COUNTS] scratch of descending_order
 BASE_COUNTS = 8   # [n] replica counts an alternative starts from
 TRIAL_COUNTS = 9  # [n] an alternative's replica counts
 FILL_TREE = 10    # [t(n)]
@@ -63,14 +71,18 @@ PAIR_Y1 = 17      # [S**2] pair exchange: the partner rank's movable pairs' repl
 PAIR_Y2 = 18      # [S**2]
 OWN_X1 = 19       # [S**2] pair exchange: the busiest rank's movable pairs' replicas
 OWN_X2 = 20       # [S**2]
-INT_ROWS = 21
+FLAT_ORDER = 21   # [m] refine_slots: slots by descending weight
+SLOTS_ITEM_E = 22  # [m] refine_slots' replica list
+SLOTS_SLOT_ITEM = 23  # [m] refine_slots: the replica in each slot, viewed as [b, S]
+INT_ROWS = 24
 
 
 @njit(cache=True, nogil=True)
 def workspace(num_experts, bins, slots):
     """``(fscratch, iscratch)``: float64 / int64 scratch matrices for sub-problems of at most
     ``num_experts`` experts on ``bins`` ranks of ``slots`` slots each."""
-    width = max(bins * slots, tree_size(max(num_experts, bins)), slots * slots, 1)
+    width = max(bins * slots, tree_size(max(num_experts, bins)), slots * slots,
+                num_experts + 1) + RADIX_COUNTS
     return (np.empty((FLOAT_ROWS, width), dtype=np.float64),
             np.empty((INT_ROWS, width), dtype=np.int64))
 
@@ -119,3 +131,16 @@ def node_workspace(num_experts, num_groups, nodes, gpn, slots):
         np.empty(local_n, dtype=np.int64), np.empty(gpn, dtype=np.float64),
         np.empty((gpn, slots), dtype=np.int64), np.empty((gpn, slots), dtype=np.float64),
         np.empty(gpn, dtype=np.float64))
+
+
+@kernel
+def copy_into(dst, src):
+    """Copies ``src`` into ``dst`` (same shape, 1-D or 2-D, not overlapping): what
+    ``dst[:] = src`` does, without its overlap test and temporary copy (an allocation)."""
+    if dst.ndim == 1:
+        for i in range(dst.shape[0]):
+            dst[i] = src[i]
+    else:
+        for r in range(dst.shape[0]):
+            for k in range(dst.shape[1]):
+                dst[r, k] = src[r, k]
