@@ -10,9 +10,9 @@ from .jit import kernel
 from .pack import descending_order
 from .mintree import tree_size
 from .place import place, time_max
-from .placement import canonical_slots, log2phy_of
+from .placement import canonical_slots, log2phy_array
 from .replicate import water_fill_into
-from .threads import run_layers
+from .threads import run_layers, serial
 from .workspace import FILL_KEYS, FILL_TREE, copy_into, node_workspace, workspace
 
 GLOBAL = 0
@@ -213,6 +213,34 @@ def summarize(weights, speed, max_load, gap):
     return ideal_sum / max_sum if max_sum > 0 else 1.0, gap.mean(), gap.max()
 
 
+@njit(cache=True, nogil=True)
+def _allocate(num_layers, num_experts, bins, slots):
+    """The ``out`` tuple of :func:`solve_layers` for a whole model."""
+    return (np.empty((num_layers, bins * slots), dtype=np.int64),
+            np.empty((num_layers, num_experts), dtype=np.int64),
+            np.empty((num_layers, bins), dtype=np.float64),
+            np.empty(num_layers, dtype=np.int8),
+            np.empty((num_layers, 2), dtype=np.float64),
+            np.empty(num_layers, dtype=np.float64), np.empty(num_layers, dtype=np.float64),
+            np.empty(num_layers, dtype=np.float64), np.empty(num_layers, dtype=np.float64))
+
+
+@njit(cache=True, nogil=True)
+def _solve_serial(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
+                  allow_dup_global, allow_dup_hier, stack_caps):
+    """:func:`solve_model` on this thread in one compiled call (small models: every Python
+    step between the kernels, allocations included, costs more than a layer's solve)."""
+    num_layers, num_experts = weights.shape
+    out = _allocate(num_layers, num_experts, speed.shape[0], slots)
+    solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
+                 allow_dup_global, allow_dup_hier, stack_caps,
+                 np.arange(num_layers), out)
+    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
+    balance, gap_mean, gap_max = summarize(weights, speed, max_load, gap)
+    return (phy2log, logcnt, log2phy_array(phy2log, logcnt), rank_load, winner, candidate_max,
+            max_load, bound, balancedness, gap, balance, gap_mean, gap_max)
+
+
 def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
                 allow_dup_global, allow_dup_hier, stack_caps):
     """Solves and scores every layer; where both policies are tried, keeps the better one.
@@ -235,17 +263,15 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
     """
     num_layers, num_experts = weights.shape
     bins = speed.shape[0]
-    out = (np.empty((num_layers, bins * slots), dtype=np.int64),
-           np.empty((num_layers, num_experts), dtype=np.int64),
-           np.empty((num_layers, bins), dtype=np.float64),
-           np.empty(num_layers, dtype=np.int8),
-           np.empty((num_layers, 2), dtype=np.float64),
-           *(np.empty(num_layers, dtype=np.float64) for _ in range(4)))
+    work = num_layers * bins * slots
+    if serial(num_layers, work):
+        return _solve_serial(weights, caps, speed, node_ranks, num_groups, slots, try_global,
+                             try_hier, allow_dup_global, allow_dup_hier, stack_caps)
+    out = _allocate(num_layers, num_experts, bins, slots)
     run_layers(lambda layers: solve_layers(weights, caps, speed, node_ranks, num_groups,
                                            try_global, try_hier, allow_dup_global,
                                            allow_dup_hier, stack_caps, layers, out),
-               num_layers, num_layers * bins * slots)
+               num_layers, work)
     phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
-    log2phy = log2phy_of(phy2log, logcnt)
-    return (phy2log, logcnt, log2phy, rank_load, winner, candidate_max, max_load, bound,
-            balancedness, gap, *summarize(weights, speed, max_load, gap))
+    return (phy2log, logcnt, log2phy_array(phy2log, logcnt), rank_load, winner, candidate_max,
+            max_load, bound, balancedness, gap, *summarize(weights, speed, max_load, gap))

@@ -14,17 +14,24 @@ from .metrics import Metrics
 
 
 @njit(cache=True, nogil=True)
-def fill_log2phy(phy2log, log2phy):
-    """Writes each expert's slots, ascending, into log2phy int64 [L, E, >= max count]
-    (filled with -1 by the caller)."""
+def log2phy_array(phy2log, logcnt):
+    """int64 [L, E, max(logcnt)]: each expert's slots, ascending, padded with -1
+    (phy2log int64 [L, P], logcnt int64 [L, E])."""
     num_layers, num_slots = phy2log.shape
-    fill = np.zeros(log2phy.shape[1], dtype=np.int64)
+    num_experts = logcnt.shape[1]
+    width = 0
+    for layer in range(num_layers):
+        for e in range(num_experts):
+            width = max(width, logcnt[layer, e])
+    log2phy = np.full((num_layers, num_experts, width), -1, dtype=np.int64)
+    fill = np.zeros(num_experts, dtype=np.int64)
     for layer in range(num_layers):
         fill[:] = 0
         for p in range(num_slots):
             e = phy2log[layer, p]
             log2phy[layer, e, fill[e]] = p
             fill[e] += 1
+    return log2phy
 
 
 @kernel
@@ -49,10 +56,8 @@ def canonical_slots(slot_e, row):
 
 def log2phy_of(phy2log: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
     """int64 [L, E, max(logcnt)]: each expert's slots, ascending, padded with -1."""
-    num_layers, num_experts = logcnt.shape
-    out = np.full((num_layers, num_experts, int(logcnt.max())), -1, dtype=np.int64)
-    fill_log2phy(phy2log, out)
-    return out
+    return log2phy_array(np.ascontiguousarray(phy2log, dtype=np.int64),
+                         np.ascontiguousarray(logcnt, dtype=np.int64))
 
 
 @dataclass(frozen=True, eq=False)

@@ -63,14 +63,19 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def serial(num_layers: int, work: int) -> bool:
+    """Whether :func:`run_layers` would solve these layers in one call on this thread."""
+    return min(max_threads(), num_layers) <= 1 or work < PARALLEL_MIN_WORK
+
+
 def run_layers(solve_some: Callable[[np.ndarray], object], num_layers: int, work: int) -> None:
     """Calls ``solve_some(layers)`` (layers: int64 [k], ascending) so that every layer in
     ``range(num_layers)`` is covered exactly once, on several threads when ``work`` (about
     layers x slots) is large enough and :func:`max_threads` allows more than one."""
-    threads = min(max_threads(), num_layers)
-    if threads <= 1 or work < PARALLEL_MIN_WORK:
+    if serial(num_layers, work):
         solve_some(np.arange(num_layers, dtype=np.int64))
         return
+    threads = min(max_threads(), num_layers)
     per_task = -(-num_layers // (threads * _TASKS_PER_THREAD))
     tasks = [np.arange(start, min(start + per_task, num_layers), dtype=np.int64)
              for start in range(0, num_layers, per_task)]
