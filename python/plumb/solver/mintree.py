@@ -13,6 +13,7 @@ winner is the first smallest key, as a left-to-right scan would find it.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .jit import kernel
@@ -45,15 +46,28 @@ def tree_build(keys, tree):
 
 @kernel
 def tree_update(keys, tree, leaf):
-    """Re-plays the path of ``leaf`` after ``keys[leaf]`` changed."""
+    """Re-plays the path of ``leaf`` after ``keys[leaf]`` changed.
+
+    The path's winner and its key stay in registers: each level only reads the sibling's
+    winner, which this update does not change, so the reads do not wait on the writes below
+    them (re-reading both children made every level wait for the store of the one before).
+    On equal keys the left child, the lower index, wins, as in ``tree_build``.
+    """
     size = keys.shape[0]
     i = (leaf + size) >> 1
     base = (leaf >> 1) << 1
-    tree[i] = _winner(keys, base, base + 1)
-    i >>= 1
-    while i > 0:
-        tree[i] = _winner(keys, tree[2 * i], tree[2 * i + 1])
+    best = _winner(keys, base, base + 1)
+    best_key = keys[best]
+    tree[i] = best
+    while i > 1:
+        other = tree[i ^ 1]
+        other_key = keys[other]
+        # Branch-free: which side wins is data-dependent and would mispredict.
+        take = np.int64(other_key < best_key) | (np.int64(other_key == best_key) & (i & 1))
+        best += (other - best) * take
+        best_key = min(best_key, other_key)
         i >>= 1
+        tree[i] = best
 
 
 @njit(cache=True, nogil=True, inline="always")
