@@ -91,20 +91,23 @@ def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
 
 @kernel
 def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, forbid_dup, h,
-               best, max_speed, min_load):
+               best, max_speed, min_load, unit_speed):
     """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
     its partner (indices into the sorted list), or ``(-1, -1)`` when none lands below ``best``.
 
     The window of useful weight differences ``d`` shrinks with the best swap found so far
     (``cur``); it is widened by a relative 1e-9 so that rounding never drops a candidate that
     ties with or beats ``cur`` (every candidate in the window is scored exactly).
+    ``unit_speed``: every rank's speed is 1.0, so times are loads (the same floats: x * 1.0
+    is x) and the candidate loop reads no speeds.
     """
     m = item_w.shape[0]
     slots = slot_item.shape[1]
     sh = speed[h]
-    tol = 1e-9 * load[h]
+    load_h = load[h]
+    tol = 1e-9 * load_h
     cur = best
-    lo = load[h] - cur * sh - tol          # h ends above cur unless d exceeds this
+    lo = load_h - cur * sh - tol           # h ends above cur unless d exceeds this
     hi = cur * max_speed - min_load + tol  # no rank can take d this large and end below cur
     bx = by = br = -1
     for k in range(slots):
@@ -118,12 +121,15 @@ def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, fo
             r = owner[y]
             if r != h:
                 d = a - item_w[y]
-                worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
+                if unit_speed:
+                    worse = max(load_h - d, load[r] + d)
+                else:
+                    worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
                 better = worse < cur or (br >= 0 and worse == cur and (
                     r < br or (r == br and (x < bx or (x == bx and y < by)))))
                 if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
                     cur, bx, by, br = worse, x, y, r
-                    lo = load[h] - cur * sh - tol
+                    lo = load_h - cur * sh - tol
                     hi = cur * max_speed - min_load + tol
             y += 1
     return bx, by
@@ -273,6 +279,9 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     tree_build(busy, busy_tree)
     tree_build(light, light_tree)
     max_speed = largest(speed)
+    unit_speed = max_speed == 1.0
+    for r in range(bins):
+        unit_speed = unit_speed and speed[r] == 1.0
     lightest = iscratch[LIGHTEST, :bins]
     time = fscratch[TIME, :bins]
     swaps = 0
@@ -283,7 +292,8 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             break
         best = -busy[h] * (1.0 - _MIN_GAIN)
         x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has,
-                          forbid_dup, h, best, max_speed, light[tree_min(light_tree)])
+                          forbid_dup, h, best, max_speed, light[tree_min(light_tree)],
+                          unit_speed)
         if x >= 0:
             partner = owner[y]
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
