@@ -27,8 +27,8 @@ from .jit import kernel, largest
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
 from .workspace import (BUSY, BUSY_TREE, FLAT_ORDER, FLAT_W, INV_SPEED, LIGHT, LIGHT_TREE,
-                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, PAIR_W1, PAIR_W2,
-                        PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E, SLOTS_ITEM_W,
+                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, OWNER_LOAD, PAIR_W1,
+                        PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E, SLOTS_ITEM_W,
                         SLOTS_SLOT_ITEM, SORT_SCRATCH, TIME)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
@@ -90,8 +90,8 @@ def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
 
 
 @kernel
-def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, forbid_dup, h,
-               best, max_speed, min_load, unit_speed):
+def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_speed, has,
+               forbid_dup, h, best, max_speed, min_load, unit_speed):
     """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
     its partner (indices into the sorted list), or ``(-1, -1)`` when none lands below ``best``.
 
@@ -99,7 +99,8 @@ def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, fo
     (``cur``); it is widened by a relative 1e-9 so that rounding never drops a candidate that
     ties with or beats ``cur`` (every candidate in the window is scored exactly).
     ``unit_speed``: every rank's speed is 1.0, so times are loads (the same floats: x * 1.0
-    is x) and the candidate loop reads no speeds.
+    is x): a candidate is scored from ``owner_load`` (float64 [m], the load of each
+    replica's rank), read in list order, and its rank is looked up only when it can win.
     """
     m = item_w.shape[0]
     slots = slot_item.shape[1]
@@ -118,13 +119,14 @@ def _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has, fo
         while y < m and a - item_w[y] <= lo:
             y += 1
         while y < m and a - item_w[y] < hi:
-            r = owner[y]
+            d = a - item_w[y]
+            if unit_speed:
+                worse = max(load_h - d, owner_load[y] + d)
+                r = owner[y] if worse <= cur else h
+            else:
+                r = owner[y]
+                worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
             if r != h:
-                d = a - item_w[y]
-                if unit_speed:
-                    worse = max(load_h - d, load[r] + d)
-                else:
-                    worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
                 better = worse < cur or (br >= 0 and worse == cur and (
                     r < br or (r == br and (x < bx or (x == bx and y < by)))))
                 if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
@@ -257,10 +259,12 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     m = item_w.shape[0]
     owner = iscratch[OWNER, :m]
     position = iscratch[POSITION, :m]
+    owner_load = fscratch[OWNER_LOAD, :m]
     for r in range(bins):
         for k in range(slots):
             owner[slot_item[r, k]] = r
             position[slot_item[r, k]] = k
+            owner_load[slot_item[r, k]] = load[r]
     size = tree_size(bins)
     # busy: min-tree of -time, so its root is the busiest rank (lowest index on ties).
     busy = fscratch[BUSY, :size]
@@ -291,9 +295,9 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         if -busy[h] <= floor:
             break
         best = -busy[h] * (1.0 - _MIN_GAIN)
-        x, y = _best_swap(item_w, item_e, owner, slot_item, load, speed, inv_speed, has,
-                          forbid_dup, h, best, max_speed, light[tree_min(light_tree)],
-                          unit_speed)
+        x, y = _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed,
+                          inv_speed, has, forbid_dup, h, best, max_speed,
+                          light[tree_min(light_tree)], unit_speed)
         if x >= 0:
             partner = owner[y]
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
@@ -315,6 +319,8 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             light[r] = load[r]
             tree_update(busy, busy_tree, r)
             tree_update(light, light_tree, r)
+            for k in range(slots):
+                owner_load[slot_item[r, k]] = load[r]
     return swaps, pairs
 
 

@@ -47,7 +47,8 @@ PREFIX = 15       # [n + 1] cardinality bound: sums of the heaviest experts
 SUFFIX = 16       # [n + 1] cardinality bound: sums of the lightest experts
 FLAT_W = 17       # [m] a packing's replica weights in slot order (refine_slots)
 SLOTS_ITEM_W = 18  # [m] refine_slots' replica list
-FLOAT_ROWS = 19
+OWNER_LOAD = 19   # [m] swap search: load of each replica's rank
+FLOAT_ROWS = 20
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
