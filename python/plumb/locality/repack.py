@@ -30,10 +30,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..solver.pack import descending_order, repair_duplicates, swap_items
+from ..solver.pack import heaviest_first, repair_duplicates, swap_items
 from ..solver.placement import canonical_slots
 from ..solver.refine import refine_slots
-from ..solver.workspace import RADIX_COUNTS, workspace
+from ..solver.workspace import workspace
 
 # Pair exchanges when the swap search is stuck above the cap: against this many of the
 # lightest ranks, at most this many exchanges (each followed by the swap search again).
@@ -77,14 +77,6 @@ def _by_preference(pref, e, order):
 
 
 @njit(cache=True, nogil=True)
-def heaviest_first(item_w):
-    """int64 [m]: indices of item_w (float64 [m], >= 0) by descending weight, ties by index."""
-    order = np.empty(item_w.shape[0], dtype=np.int64)
-    descending_order(item_w, order, np.empty(item_w.shape[0] + RADIX_COUNTS, dtype=np.int64))
-    return order
-
-
-@njit(cache=True, nogil=True)
 def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, nearest,
                   pin_fill, item_node):
     """Node of each replica (item k = k-th replica in expert order, of expert item_e[k];
@@ -105,8 +97,7 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
     copies = np.zeros((nodes, num_experts), dtype=np.int64)
     order = np.empty(nodes, dtype=np.int64)
     item_node[:] = -1
-    by_benefit = np.empty(num_experts, dtype=np.int64)
-    descending_order(benefit, by_benefit, np.empty(num_experts + RADIX_COUNTS, dtype=np.int64))
+    by_benefit = heaviest_first(benefit)
     for e in by_benefit:
         if benefit[e] <= 0.0:
             break

@@ -147,8 +147,7 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     num_slots = phy2log.shape[1]
     slots = num_slots // bins
     # Each policy's solution of the current layer: replica counts, expert and load per slot,
-    # rank loads. Separate arrays, not tuples: every array handed to a kernel is reference
-    # counted at the call, and a tuple hands over all its members.
+    # rank loads.
     g_counts = np.empty(num_experts, dtype=np.int64)
     h_counts = np.empty(num_experts, dtype=np.int64)
     g_e, h_e = np.empty((bins, slots), dtype=np.int64), np.empty((bins, slots), dtype=np.int64)
@@ -235,6 +234,12 @@ def _solve_serial(weights, caps, speed, node_ranks, num_groups, slots, try_globa
     solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_hier,
                  allow_dup_global, allow_dup_hier, stack_caps,
                  np.arange(num_layers), out)
+    return _results(weights, speed, out)
+
+
+@njit(cache=True, nogil=True)
+def _results(weights, speed, out):
+    """:func:`solve_model`'s return tuple from the filled ``out`` of :func:`solve_layers`."""
     phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
     balance, gap_mean, gap_max = summarize(weights, speed, max_load, gap)
     return (phy2log, logcnt, log2phy_array(phy2log, logcnt), rank_load, winner, candidate_max,
@@ -272,6 +277,4 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
                                            try_global, try_hier, allow_dup_global,
                                            allow_dup_hier, stack_caps, layers, out),
                num_layers, work)
-    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
-    return (phy2log, logcnt, log2phy_array(phy2log, logcnt), rank_load, winner, candidate_max,
-            max_load, bound, balancedness, gap, *summarize(weights, speed, max_load, gap))
+    return _results(weights, speed, out)

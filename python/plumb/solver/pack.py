@@ -112,6 +112,14 @@ def _radix_descending(values, order, scratch, first_byte):
 
 
 @njit(cache=True, nogil=True)
+def heaviest_first(values):
+    """int64 [m]: :func:`descending_order` of ``values`` (float64 [m], >= 0) in a new array."""
+    order = np.empty(values.shape[0], dtype=np.int64)
+    descending_order(values, order, np.empty(values.shape[0] + RADIX_COUNTS, dtype=np.int64))
+    return order
+
+
+@njit(cache=True, nogil=True)
 def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has):
     """Greedy LPT packing of ``m = bins * S`` items.
 
@@ -131,9 +139,7 @@ def lpt_pack_counted(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, ha
         expert, and how many times ``forbid_dup`` passed over the lightest open bin (0 means
         the packing is the one without ``forbid_dup``).
     """
-    m = item_w.shape[0]
-    order = np.empty(m, dtype=np.int64)
-    descending_order(item_w, order, np.empty(m + RADIX_COUNTS, dtype=np.int64))
+    order = heaviest_first(item_w)
     bins, slots = slot_e.shape
     fscratch, iscratch = workspace(1, bins, slots)
     return lpt_place(item_w[order], item_e[order], speed, forbid_dup, slot_e, slot_w, load, has,

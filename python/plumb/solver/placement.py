@@ -19,11 +19,7 @@ def log2phy_array(phy2log, logcnt):
     (phy2log int64 [L, P], logcnt int64 [L, E])."""
     num_layers, num_slots = phy2log.shape
     num_experts = logcnt.shape[1]
-    width = 0
-    for layer in range(num_layers):
-        for e in range(num_experts):
-            width = max(width, logcnt[layer, e])
-    log2phy = np.full((num_layers, num_experts, width), -1, dtype=np.int64)
+    log2phy = np.full((num_layers, num_experts, logcnt.max()), -1, dtype=np.int64)
     fill = np.zeros(num_experts, dtype=np.int64)
     for layer in range(num_layers):
         fill[:] = 0

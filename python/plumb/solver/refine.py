@@ -276,16 +276,15 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     # Times are load * (1 / speed) throughout the search: a multiply instead of a divide per
     # candidate, and the same rounding everywhere.
     inv_speed = fscratch[INV_SPEED, :bins]
+    unit_speed = True
     for r in range(bins):
+        unit_speed = unit_speed and speed[r] == 1.0
         inv_speed[r] = 1.0 / speed[r]
         busy[r] = -load[r] * inv_speed[r]
         light[r] = load[r]
     tree_build(busy, busy_tree)
     tree_build(light, light_tree)
     max_speed = largest(speed)
-    unit_speed = max_speed == 1.0
-    for r in range(bins):
-        unit_speed = unit_speed and speed[r] == 1.0
     lightest = iscratch[LIGHTEST, :bins]
     time = fscratch[TIME, :bins]
     swaps = 0

@@ -79,8 +79,7 @@ def min_max_replica_load(weights, num_slots, cap, fscratch, iscratch):
     """
     n = weights.shape[0]
     caps = iscratch[BASE_COUNTS, :n]
-    for e in range(n):
-        caps[e] = cap
+    caps[:] = cap
     counts = iscratch[TRIAL_COUNTS, :n]
     size = tree_size(n)
     water_fill_into(weights, min(num_slots, n * cap), caps, counts, fscratch[FILL_KEYS, :size],

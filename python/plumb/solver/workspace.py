@@ -8,9 +8,8 @@ on the DeepSeek-V3 shapes.
 
 The scratch is two matrices, ``fscratch`` float64 and ``iscratch`` int64, one row per buffer
 (the row constants below), each row long enough for the largest sub-problem; kernels take
-prefix views (``iscratch[OWNER, :m]``). Two arrays rather than a tuple of twenty-eight:
-numba passes a tuple member by member and reference-counts every member at every call,
-which cost more than the allocations saved. No two kernels that are live at the same time
+prefix views (``iscratch[OWNER, :m]``); the kernels (:mod:`plumb.solver.jit`) cannot
+allocate, so everything they need is here. No two kernels that are live at the same time
 use one row.
 """
 
@@ -89,7 +88,6 @@ def workspace(num_experts, bins, slots):
 
 
 # Scratch of the hierarchical policy: the groups' placement onto nodes, then one node at a time.
-# A tuple is fine here: it is handed down twice per layer, not to every packing kernel.
 NodeWorkspace = namedtuple("NodeWorkspace", [
     "group_w",           # float64 [groups]: load of each expert group
     "group_ones",        # int64 [groups]: one "replica" per group (and its cap)
