@@ -188,9 +188,13 @@ def _nearest_moves(e, rep, c, slots, weight, tok, shr, cost, now, move, shift, r
 
 
 @njit(cache=True, nogil=True)
-def _layer_state(slot_e, slots, weights, tok, shr, cost, level, token_cost, nearest, load):
-    """Rank loads (into ``load`` [G]) and traffic cost of one layer's placement; token_cost
-    is float64 [E, G] (tok @ cost)."""
+def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost, nearest,
+                 routed, load, expert_cost):
+    """Rank loads (into ``load`` [G]) and traffic cost of one layer's placement; cnt: int64
+    [E], replicas per expert; token_cost is float64 [E, G] (tok @ cost); routed: some
+    expert has replicas under nearest dispatch; expert_cost: float64 [E], scratch."""
+    if not routed:
+        return _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost)
     rep, cnt = replica_lists(slot_e, weights.shape[0])
     ranks = np.empty(rep.shape[1], dtype=np.int64)
     rep_load = np.empty(rep.shape[1], dtype=np.float64)
@@ -206,6 +210,23 @@ def _layer_state(slot_e, slots, weights, tok, shr, cost, level, token_cost, near
                                   rep_load)
         for i in range(cnt[e]):
             load[ranks[i]] += rep_load[i]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost):
+    """``_layer_state`` when every replica serves 1/c of every source: one pass over the
+    slots; each expert's cost adds its replicas in slot order (as ``_spread_cost`` does)."""
+    expert_cost[:] = 0.0
+    load[:] = 0.0
+    for p in range(slot_e.shape[0]):
+        e = slot_e[p]
+        g = p // slots
+        expert_cost[e] += token_cost[e, g]
+        load[g] += weights[e] / cnt[e]
+    total = 0.0
+    for e in range(weights.shape[0]):
+        total += expert_cost[e] / cnt[e]
     return total
 
 
@@ -453,14 +474,15 @@ def _stacked(row, slots, num_experts):
 
 
 @njit(cache=True, nogil=True)
-def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, speed,
+def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, group_cost, speed,
                   node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
                   stats):
     """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
     token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
     group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
-    node) for the re-packing, or shape [0, 0] to skip it. keep_node: bool [L].
+    node) for the re-packing, or shape [0, 0] to skip it; group_cost: float64 [L, E, groups],
+    the mean of token_cost over each group's ranks. keep_node: bool [L].
     stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
     Each rank's slots are sorted by expert id afterwards (the solver's canonical order).
     """
@@ -472,6 +494,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
     candidate = np.empty(num_slots, dtype=np.int64)
     slot_load = np.empty(num_slots, dtype=np.float64)
     movable = np.empty(num_slots, dtype=np.bool_)
+    expert_cost = np.empty(num_experts, dtype=np.float64)
     no_rows = np.empty((0, 0), dtype=np.float64)
     for layer in layers:
         row = phy2log[layer]
@@ -483,8 +506,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         # nearest dispatch; all else works from token_cost.
         tok = np.ascontiguousarray(tokens[layer].T) if routed else no_rows
         shr = _source_shares(tok) if routed else no_rows
-        before = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer], nearest,
-                              load)
+        before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, token_cost[layer],
+                              nearest, routed, load, expert_cost)
         top = 0.0
         for g in range(num_ranks):
             top = max(top, load[g] / speed[g])
@@ -495,7 +518,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            pref = node_preferences(token_cost[layer], group_ranks)
+            pref = group_cost[layer]
             # Each node's share of an expert's sources: nearest routing of replicas only.
             node_share = node_preferences(shr, group_ranks) * group_ranks.shape[1] if routed \
                 else pref
@@ -508,8 +531,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
                 # Lone replicas route the same under both models: pack as for even dispatch.
                 repack_layer(row, slots, w, cnt, pref, node_share, speed, group_ranks, routed,
                              cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
-                value = _layer_state(candidate, slots, w, tok, shr, cost, level,
-                                     token_cost[layer], nearest, load)
+                value = _layer_state(candidate, slots, w, cnt, tok, shr, cost, level,
+                                     token_cost[layer], nearest, routed, load, expert_cost)
                 fits = cnt.max() == 1 or _stacked(candidate, slots, num_experts) <= stacked
                 for g in range(num_ranks):
                     fits = fits and load[g] <= limit[g]
@@ -535,8 +558,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         else:
             if repackable:
                 # The packings tried left their own loads in ``load``.
-                after = _layer_state(row, slots, w, tok, shr, cost, level, token_cost[layer],
-                                     nearest, load)
+                after = _layer_state(row, slots, w, cnt, tok, shr, cost, level,
+                                     token_cost[layer], nearest, routed, load, expert_cost)
             for p in range(num_slots):
                 e = row[p]
                 slot_load[p] = w[e] / cnt[e]
@@ -569,6 +592,15 @@ def _group_ranks(topo: Topology) -> np.ndarray:
         cached = np.ascontiguousarray(np.stack(groups), dtype=np.int64)
     _GROUPS[topo] = cached
     return cached
+
+
+def _group_means(groups: np.ndarray, num_ranks: int) -> np.ndarray:
+    """float64 [G, groups]: 1 / size where rank g is in the group (groups int64 [groups,
+    size], from ``_group_ranks``), so that values [.., G] @ it are the groups' means."""
+    means = np.zeros((num_ranks, groups.shape[0]))
+    for index, ranks in enumerate(groups):
+        means[ranks, index] = 1.0 / ranks.shape[0]
+    return means
 
 
 def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any = None,
@@ -628,10 +660,11 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
     groups = _group_ranks(topo)
+    group_cost = np.matmul(token_cost, _group_means(groups, topo.num_ranks))
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, topo.rank_speed, topo.node_of_rank, groups, nearest, keep,
+        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups, nearest, keep,
         1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}

@@ -18,8 +18,7 @@ the layer is packed again with the same replicas (same logcnt):
 3. only while a rank is above ``cap``: the solver's swap search over all ranks
    (``plumb.solver.refine.refine_slots`` with ``cap`` as its floor), which may move free and
    pinned replicas alike; it stops as soon as the layer fits, so few pinned replicas leave
-   their node. Where swaps are stuck above ``cap``, exchanges of two replicas for two
-   (``pair_polish``).
+   their node. Where swaps are stuck above ``cap``, its exchanges of two replicas for two.
 
 The caller keeps the result only if every rank stays within its limit (checked exactly, under
 the dispatch model) and the traffic cost drops; otherwise the layer is left as it was.
@@ -30,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..solver.pack import heaviest_first, repair_duplicates, swap_items
-from ..solver.placement import canonical_slots
+from ..solver.pack import heaviest_first, repair_duplicates
 from ..solver.refine import refine_slots
 from ..solver.workspace import workspace
 
@@ -46,7 +44,7 @@ PIN_FILLS = (0.99, 0.95, 0.9, 0.85, 0.75, 0.5)
 @njit(cache=True, nogil=True)
 def node_preferences(token_cost, node_ranks):
     """float64 [E, nodes]: mean over node n's ranks of token_cost [E, G] (all of e's tokens
-    served on that rank)."""
+    served on that rank, or any per-rank values such as source shares)."""
     num_experts = token_cost.shape[0]
     nodes, gpn = node_ranks.shape
     # Rank by rank over all experts: E independent sums instead of one serial chain each
@@ -167,7 +165,7 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
 
     Args:
         weights: float64 [E] expert loads; cnt: int64 [E] replicas per expert.
-        pref: float64 [E, nodes] (node_preferences).
+        pref: float64 [E, nodes], what all of e's tokens cost on node n (mean over its ranks).
         node_share: float64 [E, nodes], each node's share of e's sources (nearest only).
         speed: float64 [G]; node_ranks: int64 [nodes, gpn].
         forbid_dup: whether two replicas of one expert may not share a rank.
@@ -207,7 +205,8 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
     slot_e2 = np.empty((num_ranks, slots), dtype=np.int64)
     slot_w2 = np.empty((num_ranks, slots), dtype=np.float64)
     load = np.zeros(num_ranks, dtype=np.float64)
-    has = np.zeros((num_ranks, num_experts), dtype=np.int64)
+    # Replicas per (rank, expert): at most S, and int16 keeps the matrix in cache.
+    has = np.zeros((num_ranks, num_experts), dtype=np.int16)
     stacked = _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e2, slot_w2,
                    load, has)
     if stacked > 0 and forbid_dup:
@@ -215,10 +214,12 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
     # Only down to the cap: a packing within it is all the caller needs, and every swap
     # more may move a pinned replica off its node.
     fscratch, iscratch = workspace(num_experts, num_ranks, slots)
-    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, 0, 0, cap,
-                 fscratch, iscratch)
-    pair_polish(slot_e2, slot_w2, load, speed, has, forbid_dup, cap, PAIR_PARTNERS, PAIR_STEPS)
-    canonical_slots(slot_e2, out)
+    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, PAIR_STEPS,
+                 PAIR_PARTNERS, cap, fscratch, iscratch)
+    # Slot order within a rank is the caller's to fix (canonical order once, at the end).
+    for r in range(num_ranks):
+        for k in range(slots):
+            out[r * slots + k] = slot_e2[r, k]
 
 
 @njit(cache=True, nogil=True)
@@ -271,96 +272,3 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
         time[best] = load[best] / speed[best]
         has[best, e] += 1
     return stacked
-
-
-@njit(cache=True, nogil=True)
-def _pair_sums(slot_e, slot_w, r, sums, first, second):
-    """All sums of two of rank r's slot loads, ascending, with the two slots of each; returns
-    how many (S (S - 1) / 2). sums float64, first/second int64 [>= that many]."""
-    slots = slot_e.shape[1]
-    count = 0
-    for i in range(slots):
-        for j in range(i + 1, slots):
-            v = slot_w[r, i] + slot_w[r, j]
-            k = count
-            while k > 0 and sums[k - 1] > v:
-                sums[k] = sums[k - 1]
-                first[k] = first[k - 1]
-                second[k] = second[k - 1]
-                k -= 1
-            sums[k] = v
-            first[k] = i
-            second[k] = j
-            count += 1
-    return count
-
-
-@njit(cache=True, nogil=True)
-def pair_polish(slot_e, slot_w, load, speed, has, forbid_dup, cap, partners, max_steps):
-    """While the busiest rank's load / speed exceeds ``cap``: the exchange of two of its
-    replicas with two of one of the ``partners`` lightest ranks that lowers the larger of the
-    two ranks' times most (below the busiest one's), then the solver's swap search again
-    (down to ``cap``).
-
-    For each pair on the busiest rank the best partner pair is found by binary search over
-    the partner's sorted pair sums (outwards while creating a duplicate), so a step costs
-    O(partners S^2 log S) rather than the S^4 of the solver's own pair exchanges (a rank
-    holds 16 slots and more on 16 ranks). Arrays as in plumb.solver.refine.refine_swaps,
-    edited in place; returns the exchanges applied. The maximum never gets worse.
-    """
-    bins, slots = slot_e.shape
-    num_pairs = slots * (slots - 1) // 2
-    sums = np.empty(num_pairs, dtype=np.float64)
-    first = np.empty(num_pairs, dtype=np.int64)
-    second = np.empty(num_pairs, dtype=np.int64)
-    order = np.empty(bins, dtype=np.int64)
-    time = np.empty(bins, dtype=np.float64)
-    fscratch, iscratch = workspace(1, bins, slots)
-    for step in range(max_steps):
-        for r in range(bins):
-            time[r] = load[r] / speed[r]
-        order[:] = np.argsort(time, kind="mergesort")
-        h = order[bins - 1]
-        if time[h] <= cap:
-            return step
-        best = time[h]
-        best_r = best_i = best_j = best_k = best_m = -1
-        for t in range(min(partners, bins - 1)):
-            r = order[t]
-            sh = speed[h]
-            sr = speed[r]
-            # Moving d from h to r evens the two out at d = target.
-            target = (load[h] * sr - load[r] * sh) / (sh + sr)
-            count = _pair_sums(slot_e, slot_w, r, sums, first, second)
-            for i in range(slots):
-                ei = slot_e[h, i]
-                if forbid_dup and has[r, ei] > 0:
-                    continue
-                for j in range(i + 1, slots):
-                    ej = slot_e[h, j]
-                    if forbid_dup and has[r, ej] > 0:
-                        continue
-                    a = slot_w[h, i] + slot_w[h, j]
-                    start = np.searchsorted(sums[:count], a - target)
-                    for direction in (1, -1):
-                        k = start if direction == 1 else start - 1
-                        while 0 <= k < count:
-                            fk = slot_e[r, first[k]]
-                            fm = slot_e[r, second[k]]
-                            if forbid_dup and (has[h, fk] > 0 or has[h, fm] > 0):
-                                k += direction
-                                continue
-                            d = a - sums[k]
-                            worse = max((load[h] - d) / sh, (load[r] + d) / sr)
-                            if d > 0 and worse < best:
-                                best = worse
-                                best_r, best_i, best_j = r, i, j
-                                best_k, best_m = first[k], second[k]
-                            break
-        if best_r < 0:
-            return step
-        swap_items(slot_e, slot_w, load, has, h, best_i, best_r, best_k)
-        swap_items(slot_e, slot_w, load, has, h, best_j, best_r, best_m)
-        refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, 4 * slot_e.size + 16, 0, 0,
-                     cap, fscratch, iscratch)
-    return max_steps

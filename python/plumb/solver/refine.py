@@ -15,8 +15,11 @@ better swaps are found within a step: a step scores a few dozen candidates inste
 slot of every rank.
 
 When single swaps are stuck and ``partners > 0``, two replicas of ``h`` are exchanged with two
-of one of its ``partners`` lightest ranks (same acceptance rule; ``S**4 / 4`` candidates per
-partner, meant for few slots per rank) and the swap search resumes.
+of one of its ``partners`` lightest ranks (same acceptance rule) and the swap search resumes.
+Up to ``EXHAUSTIVE_PAIR_SLOTS`` slots per rank every pair of pairs is scored (``S**4 / 4``
+candidates per partner); beyond, for each pair of ``h`` only the partner's pairs whose sum is
+nearest the exchange that evens the two ranks out (binary search in its sorted pair sums:
+``S**2 log S``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from .workspace import (BUSY, BUSY_TREE, FLAT_ORDER, FLAT_W, INV_SPEED, LIGHT, L
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
+# Slots per rank up to which pair exchanges score every pair of pairs (28 x 28 per partner
+# at 8 slots; 120 x 120 at 16).
+EXHAUSTIVE_PAIR_SLOTS = 8
 
 
 @kernel
@@ -215,6 +221,92 @@ def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, b
 
 
 @kernel
+def _pair_sums(item_w, slot_item, r, sums, first, second):
+    """All sums of two of rank ``r``'s replica weights, ascending (insertion sort, stable),
+    into ``sums`` with the two replicas into ``first`` / ``second``; returns how many."""
+    slots = slot_item.shape[1]
+    count = 0
+    for i in range(slots):
+        for j in range(i + 1, slots):
+            y1 = slot_item[r, i]
+            y2 = slot_item[r, j]
+            v = item_w[y1] + item_w[y2]
+            k = count
+            while k > 0 and sums[k - 1] > v:
+                sums[k] = sums[k - 1]
+                first[k] = first[k - 1]
+                second[k] = second[k - 1]
+                k -= 1
+            sums[k] = v
+            first[k] = y1
+            second[k] = y2
+            count += 1
+    return count
+
+
+@kernel
+def _first_at_least(sums, count, value):
+    """The first index k < count with ``sums[k] >= value`` (``count`` if none); sums
+    ascending."""
+    lo = 0
+    hi = count
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sums[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@kernel
+def _best_pair_sorted(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best,
+                      partners, lightest, time, fscratch, iscratch):
+    """:func:`_best_pair` for many slots per rank: for each pair of ``h`` only the nearest
+    partner pairs on either side of the sum that evens the two ranks out (past those that
+    would put an expert twice on a rank) are scored."""
+    bins, slots = slot_item.shape
+    for r in range(bins):
+        time[r] = load[r] * inv_speed[r]
+    found = _lightest(time, h, partners, lightest)
+    sums = fscratch[PAIR_W1]
+    first, second = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
+    best_x1 = best_x2 = best_y1 = best_y2 = -1
+    inv_h = inv_speed[h]
+    for t in range(found):
+        r = lightest[t]
+        inv_r = inv_speed[r]
+        # Moving d from h to r leaves both at the same time when d is this.
+        target = (load[h] * inv_h - load[r] * inv_r) / (inv_h + inv_r)
+        count = _pair_sums(item_w, slot_item, r, sums, first, second)
+        for i in range(slots):
+            x1 = slot_item[h, i]
+            if forbid_dup and has[r, item_e[x1]] > 0:
+                continue
+            for j in range(i + 1, slots):
+                x2 = slot_item[h, j]
+                if forbid_dup and has[r, item_e[x2]] > 0:
+                    continue
+                a = item_w[x1] + item_w[x2]
+                start = _first_at_least(sums, count, a - target)
+                for step in (1, -1):
+                    k = start if step == 1 else start - 1
+                    while 0 <= k < count:
+                        y1 = first[k]
+                        y2 = second[k]
+                        if forbid_dup and (has[h, item_e[y1]] > 0 or has[h, item_e[y2]] > 0):
+                            k += step
+                            continue
+                        d = a - sums[k]
+                        worse = max((load[h] - d) * inv_h, (load[r] + d) * inv_r)
+                        if d > 0 and worse < best:
+                            best = worse
+                            best_x1, best_x2, best_y1, best_y2 = x1, x2, y1, y2
+                        break
+    return best_x1, best_x2, best_y1, best_y2
+
+
+@kernel
 def _lightest(time, skip, count, out):
     """Writes the (up to) ``count`` ranks of smallest time other than ``skip`` into ``out``,
     ascending; returns how many."""
@@ -302,9 +394,14 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
             swaps += 1
         elif partners > 0 and bins > 1 and pairs < max_pairs:
-            x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
-                                        forbid_dup, h, best, partners, lightest, time,
-                                        fscratch, iscratch)
+            if slots <= EXHAUSTIVE_PAIR_SLOTS:
+                x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
+                                            forbid_dup, h, best, partners, lightest, time,
+                                            fscratch, iscratch)
+            else:
+                x1, x2, y1, y2 = _best_pair_sorted(item_w, item_e, slot_item, load, inv_speed,
+                                                   has, forbid_dup, h, best, partners,
+                                                   lightest, time, fscratch, iscratch)
             if x1 < 0:
                 break
             partner = owner[y1]
