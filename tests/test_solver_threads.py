@@ -54,6 +54,25 @@ def test_every_layer_is_solved_once_and_errors_propagate():
         run_layers(fail, 8, 10**6)
 
 
+def test_the_calling_thread_works_beside_the_pool():
+    # Fork-join: with two threads the caller and one pool thread each take a task; the first
+    # task of each waits for the other's, which only returns when both run at once.
+    both = threading.Barrier(2, timeout=30)
+    callers = set()
+    lock = threading.Lock()
+
+    def meet(layers):
+        with lock:
+            first = threading.get_ident() not in callers
+            callers.add(threading.get_ident())
+        if first:
+            both.wait()
+
+    with thread_limit(2):
+        run_layers(meet, 16, 10**6)
+    assert threading.get_ident() in callers and len(callers) == 2
+
+
 def test_small_work_and_a_limit_of_one_stay_on_the_calling_thread():
     callers = set()
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
@@ -71,13 +72,34 @@ def serial(num_layers: int, work: int) -> bool:
 def run_layers(solve_some: Callable[[np.ndarray], object], num_layers: int, work: int) -> None:
     """Calls ``solve_some(layers)`` (layers: int64 [k], ascending) so that every layer in
     ``range(num_layers)`` is covered exactly once, on several threads when ``work`` (about
-    layers x slots) is large enough and :func:`max_threads` allows more than one."""
+    layers x slots) is large enough and :func:`max_threads` allows more than one.
+
+    Fork-join: the calling thread takes tasks too, beside ``threads - 1`` pool threads, each
+    taking the next task off one shared queue until it is empty. A pool thread's wake-up costs
+    tens of microseconds; the caller is awake already.
+    """
     if serial(num_layers, work):
         solve_some(np.arange(num_layers, dtype=np.int64))
         return
     threads = min(max_threads(), num_layers)
     per_task = -(-num_layers // (threads * _TASKS_PER_THREAD))
-    tasks = [np.arange(start, min(start + per_task, num_layers), dtype=np.int64)
-             for start in range(0, num_layers, per_task)]
-    for _ in _executor(threads).map(solve_some, tasks):
-        pass
+    tasks = deque(range(0, num_layers, per_task))
+
+    def drain() -> None:
+        while True:
+            try:
+                start = tasks.popleft()
+            except IndexError:
+                return
+            solve_some(np.arange(start, min(start + per_task, num_layers), dtype=np.int64))
+
+    helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)]
+    try:
+        drain()
+    except BaseException:
+        # No helper may start another task on the caller's arrays once this fails.
+        tasks.clear()
+        wait(helpers)
+        raise
+    for helper in helpers:
+        helper.result()
