@@ -30,9 +30,9 @@ from .jit import kernel, largest
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
 from .workspace import (BUSY, BUSY_TREE, FLAT_ORDER, FLAT_W, INV_SPEED, LIGHT, LIGHT_TREE,
-                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, OWNER_LOAD, PAIR_W1,
-                        PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E, SLOTS_ITEM_W,
-                        SLOTS_SLOT_ITEM, SORT_SCRATCH, TIME)
+                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, OWNER_LOAD, PAIR_ORDER,
+                        PAIR_SUM, PAIR_W1, PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E,
+                        SLOTS_ITEM_W, SLOTS_SLOT_ITEM, SORT_SCRATCH, TIME)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
@@ -187,61 +187,18 @@ def _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, source, target, p
 
 
 @kernel
-def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
-               lightest, time, fscratch, iscratch):
-    """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
-    returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``.
-    ``time`` float64 [bins] and the ``workspace`` rows: scratch."""
-    bins = slot_item.shape[0]
-    for r in range(bins):
-        time[r] = load[r] * inv_speed[r]
-    found = _lightest(time, h, partners, lightest)
-    own_w1, own_w2 = fscratch[OWN_W1], fscratch[OWN_W2]
-    own_x1, own_x2 = iscratch[OWN_X1], iscratch[OWN_X2]
-    pair_w1, pair_w2 = fscratch[PAIR_W1], fscratch[PAIR_W2]
-    pair_y1, pair_y2 = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
-    best_x1 = best_x2 = best_y1 = best_y2 = -1
-    for t in range(found):
-        r = lightest[t]
-        # Each side's movable pairs listed once: the S**4 / 4 loop below is arithmetic only.
-        own = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, h, r, own_w1, own_w2,
-                             own_x1, own_x2)
-        theirs = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, r, h, pair_w1,
-                                pair_w2, pair_y1, pair_y2)
-        for p in range(own):
-            a = own_w1[p] + own_w2[p]
-            for q in range(theirs):
-                d = a - pair_w1[q] - pair_w2[q]
-                worse = max((load[h] - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
-                if d > 0 and worse < best:
-                    best = worse
-                    best_x1, best_x2 = own_x1[p], own_x2[p]
-                    best_y1, best_y2 = pair_y1[q], pair_y2[q]
-    return best_x1, best_x2, best_y1, best_y2
-
-
-@kernel
-def _pair_sums(item_w, slot_item, r, sums, first, second):
-    """All sums of two of rank ``r``'s replica weights, ascending (insertion sort, stable),
-    into ``sums`` with the two replicas into ``first`` / ``second``; returns how many."""
-    slots = slot_item.shape[1]
-    count = 0
-    for i in range(slots):
-        for j in range(i + 1, slots):
-            y1 = slot_item[r, i]
-            y2 = slot_item[r, j]
-            v = item_w[y1] + item_w[y2]
-            k = count
-            while k > 0 and sums[k - 1] > v:
-                sums[k] = sums[k - 1]
-                first[k] = first[k - 1]
-                second[k] = second[k - 1]
-                k -= 1
-            sums[k] = v
-            first[k] = y1
-            second[k] = y2
-            count += 1
-    return count
+def _ascending_sums(pair_w1, pair_w2, count, sums, order):
+    """``sums[:count]``: the pair sums ``pair_w1 + pair_w2`` ascending; ``order[:count]``:
+    which pair each is (insertion sort, stable: few pairs, and nothing may allocate)."""
+    for q in range(count):
+        v = pair_w1[q] + pair_w2[q]
+        k = q
+        while k > 0 and sums[k - 1] > v:
+            sums[k] = sums[k - 1]
+            order[k] = order[k - 1]
+            k -= 1
+        sums[k] = v
+        order[k] = q
 
 
 @kernel
@@ -260,49 +217,52 @@ def _first_at_least(sums, count, value):
 
 
 @kernel
-def _best_pair_sorted(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best,
-                      partners, lightest, time, fscratch, iscratch):
-    """:func:`_best_pair` for many slots per rank: for each pair of ``h`` only the nearest
-    partner pairs on either side of the sum that evens the two ranks out (past those that
-    would put an expert twice on a rank) are scored."""
+def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, best, partners,
+               lightest, time, fscratch, iscratch):
+    """The best two-for-two exchange of ``h`` with one of its ``partners`` lightest ranks:
+    returns (x1, x2, y1, y2) replica indices, x1 = -1 when none lands below ``best``.
+    Beyond ``EXHAUSTIVE_PAIR_SLOTS`` slots per rank, for each pair of ``h`` only the
+    partner's two pairs whose sums lie nearest either side of the sum that evens the two ranks
+    out are scored. ``time`` float64 [bins] and the ``workspace`` rows: scratch."""
     bins, slots = slot_item.shape
     for r in range(bins):
         time[r] = load[r] * inv_speed[r]
     found = _lightest(time, h, partners, lightest)
-    sums = fscratch[PAIR_W1]
-    first, second = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
+    own_w1, own_w2 = fscratch[OWN_W1], fscratch[OWN_W2]
+    own_x1, own_x2 = iscratch[OWN_X1], iscratch[OWN_X2]
+    pair_w1, pair_w2 = fscratch[PAIR_W1], fscratch[PAIR_W2]
+    pair_y1, pair_y2 = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
+    sums, order = fscratch[PAIR_SUM], iscratch[PAIR_ORDER]
+    exhaustive = slots <= EXHAUSTIVE_PAIR_SLOTS
     best_x1 = best_x2 = best_y1 = best_y2 = -1
     inv_h = inv_speed[h]
     for t in range(found):
         r = lightest[t]
         inv_r = inv_speed[r]
+        # Each side's movable pairs listed once: the loops below are arithmetic only.
+        own = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, h, r, own_w1, own_w2,
+                             own_x1, own_x2)
+        theirs = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, r, h, pair_w1,
+                                pair_w2, pair_y1, pair_y2)
+        if not exhaustive:
+            _ascending_sums(pair_w1, pair_w2, theirs, sums, order)
         # Moving d from h to r leaves both at the same time when d is this.
         target = (load[h] * inv_h - load[r] * inv_r) / (inv_h + inv_r)
-        count = _pair_sums(item_w, slot_item, r, sums, first, second)
-        for i in range(slots):
-            x1 = slot_item[h, i]
-            if forbid_dup and has[r, item_e[x1]] > 0:
-                continue
-            for j in range(i + 1, slots):
-                x2 = slot_item[h, j]
-                if forbid_dup and has[r, item_e[x2]] > 0:
-                    continue
-                a = item_w[x1] + item_w[x2]
-                start = _first_at_least(sums, count, a - target)
-                for step in (1, -1):
-                    k = start if step == 1 else start - 1
-                    while 0 <= k < count:
-                        y1 = first[k]
-                        y2 = second[k]
-                        if forbid_dup and (has[h, item_e[y1]] > 0 or has[h, item_e[y2]] > 0):
-                            k += step
-                            continue
-                        d = a - sums[k]
-                        worse = max((load[h] - d) * inv_h, (load[r] + d) * inv_r)
-                        if d > 0 and worse < best:
-                            best = worse
-                            best_x1, best_x2, best_y1, best_y2 = x1, x2, y1, y2
-                        break
+        for p in range(own):
+            a = own_w1[p] + own_w2[p]
+            if exhaustive:
+                lo, hi = 0, theirs
+            else:
+                above = _first_at_least(sums, theirs, a - target)
+                lo, hi = max(above - 1, 0), min(above + 1, theirs)
+            for k in range(lo, hi):
+                q = k if exhaustive else order[k]
+                d = a - pair_w1[q] - pair_w2[q]
+                worse = max((load[h] - d) * inv_h, (load[r] + d) * inv_r)
+                if d > 0 and worse < best:
+                    best = worse
+                    best_x1, best_x2 = own_x1[p], own_x2[p]
+                    best_y1, best_y2 = pair_y1[q], pair_y2[q]
     return best_x1, best_x2, best_y1, best_y2
 
 
@@ -394,14 +354,9 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
             swaps += 1
         elif partners > 0 and bins > 1 and pairs < max_pairs:
-            if slots <= EXHAUSTIVE_PAIR_SLOTS:
-                x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
-                                            forbid_dup, h, best, partners, lightest, time,
-                                            fscratch, iscratch)
-            else:
-                x1, x2, y1, y2 = _best_pair_sorted(item_w, item_e, slot_item, load, inv_speed,
-                                                   has, forbid_dup, h, best, partners,
-                                                   lightest, time, fscratch, iscratch)
+            x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
+                                        forbid_dup, h, best, partners, lightest, time,
+                                        fscratch, iscratch)
             if x1 < 0:
                 break
             partner = owner[y1]

@@ -47,7 +47,8 @@ SUFFIX = 16       # [n + 1] cardinality bound: sums of the lightest experts
 FLAT_W = 17       # [m] a packing's replica weights in slot order (refine_slots)
 SLOTS_ITEM_W = 18  # [m] refine_slots' replica list
 OWNER_LOAD = 19   # [m] swap search: load of each replica's rank
-FLOAT_ROWS = 20
+PAIR_SUM = 20     # [S**2] pair exchange, many slots: the partner's pair sums, ascending
+FLOAT_ROWS = 21
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
@@ -74,7 +75,8 @@ OWN_X2 = 20       # [S**2]
 FLAT_ORDER = 21   # [m] refine_slots: slots by descending weight
 SLOTS_ITEM_E = 22  # [m] refine_slots' replica list
 SLOTS_SLOT_ITEM = 23  # [m] refine_slots: the replica in each slot, viewed as [b, S]
-INT_ROWS = 24
+PAIR_ORDER = 24   # [S**2] pair exchange, many slots: the pair of each sum in PAIR_SUM
+INT_ROWS = 25
 
 
 @njit(cache=True, nogil=True)
