@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.jit import kernel
 from ..solver.threads import run_layers
 from ..solver.validate import as_loads, as_phy2log, to_numpy
 from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
@@ -45,7 +46,7 @@ def replica_lists(slot_e, num_experts):
     return rep, cnt
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def replica_ranks(rep, e, c, slots, ranks):
     """Writes the ranks of expert ``e``'s ``c`` replicas (``rep`` int64 [E, >= c]: their
     slots, from :func:`replica_lists`; ``slots`` per rank) into ``ranks[:c]``."""
@@ -53,7 +54,7 @@ def replica_ranks(rep, e, c, slots, ranks):
         ranks[i] = rep[e, i] // slots
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _nearest(cost, s, ranks, c):
     """(lowest link cost from source rank s to the first c of ``ranks``, how many tie at it)."""
     best = np.inf
@@ -68,7 +69,7 @@ def _nearest(cost, s, ranks, c):
     return best, ties
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_load, level_tokens):
     """Routes one expert's tokens to its replicas; returns its traffic cost.
 

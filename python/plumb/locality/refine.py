@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.jit import kernel
 from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
@@ -56,7 +57,7 @@ _MIN_GAIN = 1e-4
 _MAX_PACKINGS = 2
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost, nearest,
                   ranks, rep_load, no_levels):
     """Routes expert e as placed now; rep_load[:c] gets each replica's load; returns its cost.
@@ -73,14 +74,10 @@ def _route_expert(e, rep, cnt, slots, weights, tok, shr, cost, level, token_cost
                           no_levels)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _spread_cost(e, rep, c, slots, weight, token_cost, ranks, rep_load):
     """``_route_expert`` when each of e's c replicas serves 1/c of every source (even
-    dispatch, or a lone replica under nearest): O(c) from token_cost.
-
-    Few array arguments on purpose: the callers run it for every expert, and each array
-    passed to a numba function costs reference counting on every call.
-    """
+    dispatch, or a lone replica under nearest): O(c) from token_cost."""
     total = 0.0
     for i in range(c):
         ranks[i] = rep[e, i] // slots
@@ -109,7 +106,7 @@ def _expert_moves(e, rep, cnt, slots, weights, tok, shr, cost, nearest, now, tok
                    ranks)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _spread_moves(e, rep, c, slots, token_cost, move):
     """``_expert_moves`` when a replica carries 1/c of every source's tokens wherever it sits
     (even dispatch, or a lone replica under nearest): O(G) per replica."""
@@ -213,7 +210,7 @@ def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost,
     return total
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost):
     """``_layer_state`` when every replica serves 1/c of every source: one pass over the
     slots; each expert's cost adds its replicas in slot order (as ``_spread_cost`` does)."""
@@ -230,7 +227,7 @@ def _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost):
     return total
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _rank_min_moves(move, r, slots, out):
     """out[r, g] = min over rank r's slots q of move[q, g]: the most a swap of some replica
     on rank r towards rank g can gain, used to skip whole ranks in the swap search."""
