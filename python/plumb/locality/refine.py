@@ -471,12 +471,11 @@ def _stacked(row, slots, num_experts):
 
 
 @njit(cache=True, nogil=True)
-def _refine_model(phy2log, slots, weights, expert_tokens, cost, level, token_cost, group_cost,
-                  speed, node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps,
-                  layers, stats):
+def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, group_cost, speed,
+                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
+                  stats):
     """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
-    expert_tokens: float64 [L, E, G], the routed picks of expert e from source rank g.
     token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
     group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
     node) for the re-packing, or shape [0, 0] to skip it; group_cost: float64 [L, E, groups],
@@ -502,7 +501,7 @@ def _refine_model(phy2log, slots, weights, expert_tokens, cost, level, token_cos
         routed = nearest and cnt.max() > 1
         # Per-expert token and share rows are read only to route replicated experts under
         # nearest dispatch; all else works from token_cost.
-        tok = expert_tokens[layer] if routed else no_rows
+        tok = np.ascontiguousarray(tokens[layer].T) if routed else no_rows
         shr = _source_shares(tok) if routed else no_rows
         before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, token_cost[layer],
                               nearest, routed, load, expert_cost)
@@ -655,17 +654,15 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     num_layers = placement.shape[0]
     out = placement.copy()
     stats = np.zeros((num_layers, 4))
-    # Expert-major (contiguous rows per expert) for the kernel's routing, and one batched BLAS
-    # product instead of an O(E G^2) loop per layer inside the kernel.
-    expert_tokens = np.ascontiguousarray(tokens.transpose(0, 2, 1))
-    token_cost = np.matmul(expert_tokens, topo.link_cost)
+    # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
+    token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
     groups = _group_ranks(topo)
     group_cost = np.matmul(token_cost, _group_means(groups, topo.num_ranks))
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
-        out, placement.shape[1] // topo.num_ranks, weights, expert_tokens, topo.link_cost,
-        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups,
-        nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
+        out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
+        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups, nearest, keep,
+        1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
     return out, info
