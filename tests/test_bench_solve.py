@@ -70,6 +70,16 @@ def test_parallel_columns_time_the_same_placements_on_threads(tmp_path, capsys):
     assert float(row["plumb ms, 2 threads"]) > 0 and row["× numpy, 2 threads"].endswith("×")
 
 
+def test_interleaved_rounds_rotate_the_order():
+    # Warm-up, then each round starts one contender later; "every" thins c out to every 4th
+    # round, topped up to 3 timed calls (rounds 0-2).
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = bench.interleaved_medians(fns, 4, every={"c": 4})
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("ab")
+    assert set(times) == set("abc")
+
+
 def test_cli_lists_solve():
     from plumb.cli.bench import _BENCHMARKS
 

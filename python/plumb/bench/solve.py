@@ -112,8 +112,10 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
     """Median seconds of each function, timed in rounds (one call of each per round).
 
     Interleaving spreads machine noise evenly over the contenders, so that their ratios hold
-    up on a busy machine. ``every[name] = k`` times that one only every k-th round (at least 3
-    times in all). One untimed warm-up round first.
+    up on a busy machine; the order rotates every round, so that no contender always runs
+    right after the same one (after a call of the same code, or of the cache-evicting numpy
+    baseline). ``every[name] = k`` times that one only every k-th round (at least 3 times in
+    all). One untimed warm-up round first.
     """
     every = every or {}
     rounds = {}
@@ -125,8 +127,10 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
+    order = list(fns.items())
     for round_ in range(repeats):
-        for name, fn in fns.items():
+        shift = round_ % len(order)
+        for name, fn in order[shift:] + order[:shift]:
             if round_ not in rounds[name]:
                 continue
             start = time.perf_counter()
