@@ -187,29 +187,14 @@ def _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, source, target, p
 
 
 @kernel
-def _ascending_sums(pair_w1, pair_w2, count, sums, order):
-    """``sums[:count]``: the pair sums ``pair_w1 + pair_w2`` ascending; ``order[:count]``:
-    which pair each is (insertion sort, stable: few pairs, and nothing may allocate)."""
-    for q in range(count):
-        v = pair_w1[q] + pair_w2[q]
-        k = q
-        while k > 0 and sums[k - 1] > v:
-            sums[k] = sums[k - 1]
-            order[k] = order[k - 1]
-            k -= 1
-        sums[k] = v
-        order[k] = q
-
-
-@kernel
-def _first_at_least(sums, count, value):
-    """The first index k < count with ``sums[k] >= value`` (``count`` if none); sums
-    ascending."""
+def _first_below(sums, order, count, value):
+    """The first position k < count with ``sums[order[k]] < value`` (``count`` if none);
+    ``order`` lists the sums by descending value."""
     lo = 0
     hi = count
     while lo < hi:
         mid = (lo + hi) // 2
-        if sums[mid] < value:
+        if sums[order[mid]] >= value:
             lo = mid + 1
         else:
             hi = mid
@@ -232,6 +217,8 @@ def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, b
     own_x1, own_x2 = iscratch[OWN_X1], iscratch[OWN_X2]
     pair_w1, pair_w2 = fscratch[PAIR_W1], fscratch[PAIR_W2]
     pair_y1, pair_y2 = iscratch[PAIR_Y1], iscratch[PAIR_Y2]
+    # The partner's pair sums, and the pairs by descending sum (sorted only beyond the
+    # exhaustive limit; the sort scratch is free once the search runs).
     sums, order = fscratch[PAIR_SUM], iscratch[PAIR_ORDER]
     exhaustive = slots <= EXHAUSTIVE_PAIR_SLOTS
     best_x1 = best_x2 = best_y1 = best_y2 = -1
@@ -245,7 +232,9 @@ def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, b
         theirs = _movable_pairs(item_w, item_e, slot_item, has, forbid_dup, r, h, pair_w1,
                                 pair_w2, pair_y1, pair_y2)
         if not exhaustive:
-            _ascending_sums(pair_w1, pair_w2, theirs, sums, order)
+            for q in range(theirs):
+                sums[q] = pair_w1[q] + pair_w2[q]
+            descending_order(sums[:theirs], order[:theirs], iscratch[SORT_SCRATCH])
         # Moving d from h to r leaves both at the same time when d is this.
         target = (load[h] * inv_h - load[r] * inv_r) / (inv_h + inv_r)
         for p in range(own):
@@ -253,8 +242,8 @@ def _best_pair(item_w, item_e, slot_item, load, inv_speed, has, forbid_dup, h, b
             if exhaustive:
                 lo, hi = 0, theirs
             else:
-                above = _first_at_least(sums, theirs, a - target)
-                lo, hi = max(above - 1, 0), min(above + 1, theirs)
+                below = _first_below(sums, order, theirs, a - target)
+                lo, hi = max(below - 1, 0), min(below + 1, theirs)
             for k in range(lo, hi):
                 q = k if exhaustive else order[k]
                 d = a - pair_w1[q] - pair_w2[q]

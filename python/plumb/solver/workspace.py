@@ -47,7 +47,7 @@ SUFFIX = 16       # [n + 1] cardinality bound: sums of the lightest experts
 FLAT_W = 17       # [m] a packing's replica weights in slot order (refine_slots)
 SLOTS_ITEM_W = 18  # [m] refine_slots' replica list
 OWNER_LOAD = 19   # [m] swap search: load of each replica's rank
-PAIR_SUM = 20     # [S**2] pair exchange, many slots: the partner's pair sums, ascending
+PAIR_SUM = 20     # [S**2] pair exchange, many slots: the partner's movable pairs' sums
 FLOAT_ROWS = 21
 
 # iscratch rows.
@@ -75,7 +75,7 @@ OWN_X2 = 20       # [S**2]
 FLAT_ORDER = 21   # [m] refine_slots: slots by descending weight
 SLOTS_ITEM_E = 22  # [m] refine_slots' replica list
 SLOTS_SLOT_ITEM = 23  # [m] refine_slots: the replica in each slot, viewed as [b, S]
-PAIR_ORDER = 24   # [S**2] pair exchange, many slots: the pair of each sum in PAIR_SUM
+PAIR_ORDER = 24   # [S**2] pair exchange, many slots: its pairs by descending sum
 INT_ROWS = 25
 
 
