@@ -661,8 +661,8 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups, nearest, keep,
-        1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
+        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups,
+        nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
     return out, info

@@ -161,7 +161,8 @@ def _routed_weights(cnt, first, weights, node_share, item_node, item_w):
 @njit(cache=True, nogil=True)
 def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_ranks, nearest,
                  forbid_dup, pin_fill, cap, out):
-    """Packs the replicas of ``slot_e`` (int64 [P]) again, nodes first; writes ``out`` [P].
+    """Packs the replicas of ``slot_e`` (int64 [P]) again, nodes first; writes ``out`` [P]
+    (each rank's slots in no particular order).
 
     Args:
         weights: float64 [E] expert loads; cnt: int64 [E] replicas per expert.
