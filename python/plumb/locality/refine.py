@@ -192,7 +192,7 @@ def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost,
     expert has replicas under nearest dispatch; expert_cost: float64 [E], scratch."""
     if not routed:
         return _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost)
-    rep, cnt = replica_lists(slot_e, weights.shape[0])
+    rep, _ = replica_lists(slot_e, weights.shape[0])
     ranks = np.empty(rep.shape[1], dtype=np.int64)
     rep_load = np.empty(rep.shape[1], dtype=np.float64)
     no_levels = np.zeros(0, dtype=np.float64)
