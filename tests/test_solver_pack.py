@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plumb.solver.pack import lpt_pack_counted
-from plumb.solver.refine import _MIN_GAIN, items_of_slots, refine_swaps
+from plumb.solver.refine import _MIN_GAIN, items_of_slots, pair_sweep, refine_swaps
 from plumb.solver.workspace import RADIX_COUNTS, workspace
 
 
@@ -114,6 +114,92 @@ def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
     np.testing.assert_array_equal(has, ref[3])
     for r in range(num_ranks):  # rows come back sorted by load, ties by expert
         assert list(zip(slot_w[r].tolist(), slot_e[r].tolist())) == got[r]
+
+
+def _reference_sweep(item_w, item_e, slot_item, load, speed, has, forbid_dup):
+    """pair_sweep by brute force: ranks by descending time (stable), the k-th busiest paired
+    with the k-th least busy; per pair the swap with the smallest larger time below the busier
+    one's, ties to the first in (slot of the busier, slot of the other) order."""
+    bins, slots = slot_item.shape
+    inv = 1.0 / speed
+    time = load * inv
+    order = sorted(range(bins), key=lambda r: (-time[r], r))
+    applied = 0
+    for k in range(bins // 2):
+        h, low = order[k], order[bins - 1 - k]
+        best, choice = time[h] * (1.0 - _MIN_GAIN), None
+        for i in range(slots):
+            for j in range(slots):
+                x, y = slot_item[h, i], slot_item[low, j]
+                if forbid_dup and (has[low, item_e[x]] > 0 or has[h, item_e[y]] > 0):
+                    continue
+                d = item_w[x] - item_w[y]
+                worse = max((load[h] - d) * inv[h], (load[low] + d) * inv[low])
+                if d > 0 and worse < best:
+                    best, choice = worse, (i, j)
+        if choice is None:
+            continue
+        i, j = choice
+        x, y = slot_item[h, i], slot_item[low, j]
+        d = item_w[x] - item_w[y]
+        load[h] -= d
+        load[low] += d
+        for rank, gone, came in ((h, x, y), (low, y, x)):
+            has[rank, item_e[gone]] -= 1
+            has[rank, item_e[came]] += 1
+        slot_item[h, i], slot_item[low, j] = y, x
+        applied += 1
+    return applied
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**32 - 1), st.booleans(),
+       st.booleans())
+def test_pair_sweep_takes_the_brute_force_swaps_and_never_raises_the_maximum(
+        num_ranks, slots, seed, equal_shares, forbid_dup):
+    rng = np.random.default_rng(seed)
+    num_experts = int(rng.integers(max(1, num_ranks * slots // 2), num_ranks * slots + 1))
+    item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
+    order = np.argsort(-item_w, kind="stable")
+    item_w, item_e = np.ascontiguousarray(item_w[order]), np.ascontiguousarray(item_e[order])
+    speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
+    # A random packing (not LPT's): far from even, so that most pairs swap.
+    slot_item = rng.permutation(num_ranks * slots).reshape(num_ranks, slots)
+    load = item_w[slot_item].sum(axis=1)
+    has = np.zeros((num_ranks, num_experts), dtype=np.int16)
+    for r in range(num_ranks):
+        np.add.at(has[r], item_e[slot_item[r]], 1)
+    before_max = float((load / speed).max())
+    has_before = has.copy()
+    ref = [a.copy() for a in (slot_item, load, has)]
+    applied = pair_sweep(item_w, item_e, slot_item, load, speed, has, forbid_dup,
+                         *workspace(num_experts, num_ranks, slots))
+    assert applied == _reference_sweep(item_w, item_e, ref[0], ref[1], speed, ref[2], forbid_dup)
+    np.testing.assert_array_equal(slot_item, ref[0])
+    np.testing.assert_array_equal(load, ref[1])
+    np.testing.assert_array_equal(has, ref[2])
+    assert sorted(slot_item.ravel().tolist()) == list(range(num_ranks * slots))
+    np.testing.assert_allclose(load, item_w[slot_item].sum(axis=1), rtol=1e-12)
+    assert (load / speed).max() <= before_max
+    if forbid_dup:  # no expert newly stacked on a rank
+        assert (has <= np.maximum(has_before, 1)).all()
+
+
+def test_pair_sweep_evens_out_the_busiest_and_least_busy_ranks():
+    # Rank 0 (6 + 5) pairs with rank 3 (3 + 2): swapping 6 for 3 leaves both at 8 (as does 5
+    # for 2; the first in slot order is taken). Ranks 1 and 2 (8 each) gain nothing.
+    item_w = np.array([6.0, 5.0, 4.0, 4.0, 3.0, 3.0, 5.0, 2.0])
+    item_e = np.arange(8)
+    slot_item = np.array([[0, 1], [2, 3], [6, 5], [4, 7]])
+    load = item_w[slot_item].sum(axis=1)
+    has = np.zeros((4, 8), dtype=np.int16)
+    for r in range(4):
+        has[r, item_e[slot_item[r]]] = 1
+    applied = pair_sweep(item_w, item_e, slot_item, load, np.ones(4), has, True,
+                         *workspace(8, 4, 2))
+    assert applied == 1
+    np.testing.assert_array_equal(slot_item, [[4, 1], [2, 3], [6, 5], [0, 7]])
+    np.testing.assert_array_equal(load, [8.0, 8.0, 8.0, 8.0])
 
 
 @settings(max_examples=80, deadline=None)

@@ -23,7 +23,7 @@ from numba import njit
 from .jit import kernel, total
 from .mintree import tree_size
 from .pack import descending_order, lpt_place, repair_duplicates
-from .refine import refine_items, refine_slots, refine_swaps, slots_of_items
+from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, SHARE, SLOT_ITEM,
                         SORT_SCRATCH, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
@@ -35,6 +35,9 @@ RECOUNT_SLACK = 1e-2
 # against this many of the lightest ranks.
 PAIR_SLOTS = 8
 PAIR_PARTNERS = 4
+# The pair sweep before the swap search (S**2 candidates per pair of ranks) runs up to this
+# many slots per rank; with more, the search's windows are narrow enough already.
+SWEEP_SLOTS = 8
 
 
 @kernel
@@ -63,8 +66,10 @@ def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
 @kernel
 def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, partners,
                floor, fscratch, iscratch):
-    """Packs sorted items (:func:`sorted_items`), then runs the swap search if ``refine``
-    (with pair exchanges against ``partners`` lightest ranks, stopping at ``floor``: see
+    """Packs sorted items (:func:`sorted_items`), then, if ``refine``, evens out the busiest
+    and least busy ranks pairwise (:func:`plumb.solver.refine.pair_sweep`, up to
+    ``SWEEP_SLOTS`` slots per rank) and runs the swap search (with pair exchanges against
+    ``partners`` lightest ranks, stopping at ``floor``: see
     :func:`plumb.solver.refine.refine_items`).
 
     ``has`` (int [bins, >= n]) is reset here and left counting the packing's replicas;
@@ -87,6 +92,9 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
     # At or under the floor the search would stop at once: LPT's slots stand as they are.
     elif refine and time_max(load, speed) > floor:
         # The item list is already sorted by weight: refine on it directly.
+        if slot_e.shape[1] <= SWEEP_SLOTS:
+            pair_sweep(item_w, item_e, slot_item, load, speed, has, not allow_dup, fscratch,
+                       iscratch)
         refine_items(item_w, item_e, slot_item, load, speed, has, not allow_dup, steps, steps,
                      partners, floor, fscratch, iscratch)
         slots_of_items(item_w, item_e, slot_item, slot_e, slot_w)
