@@ -224,3 +224,15 @@ def test_pair_exchanges_keep_items_and_never_raise_the_maximum(num_ranks, slots,
     np.testing.assert_allclose(load, slot_w.sum(axis=1))
     assert (has.sum(axis=0) == 1).all() and has.max() == 1
     assert all((has[r, slot_e[r]] == 1).all() for r in range(num_ranks))
+
+
+def test_log2phy_is_made_on_first_access_and_kept():
+    loads = np.random.default_rng(5).lognormal(0.0, 1.0, (3, 16))
+    p = plumb.solve(loads, plumb.Topology.flat(4), num_redundant=8)
+    assert "log2phy" not in vars(p)  # a solve that only needs phy2log never builds it
+    first = p.log2phy
+    assert p.log2phy is first
+    for layer in range(3):
+        for e in range(16):
+            held = first[layer, e][first[layer, e] >= 0]
+            np.testing.assert_array_equal(held, np.flatnonzero(p.phy2log[layer] == e))

@@ -14,7 +14,7 @@ from ..topology import Topology, TopologyLike, as_topology
 from .metrics import (as_previous, dispatched_rank_loads, score, solution_metrics,
                       traffic_flows, with_extras)
 from .model import GLOBAL, HIERARCHICAL, solve_model
-from .placement import Placement, log2phy_of
+from .placement import Placement
 from .validate import (HIERARCHIES, POLICIES, as_caps, as_choice, as_int, as_loads,
                        check_slots, replica_counts)
 
@@ -228,7 +228,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         solved = solve_model(balanced, caps, speed, node_ranks, num_groups, slots, try_global,
                              try_hier, num_experts * num_ranks < num_slots,
                              num_experts * per_node < num_slots, stack_caps)
-        phy2log, logcnt, _, rank_loads, winner, candidates = solved[:6]
+        phy2log, logcnt, rank_loads, winner, candidates = solved[:5]
         if objective == "robust":
             phy2log = robust.robust_phy2log(phy2log, window, caps, speed,
                                             num_experts * num_ranks < num_slots, half_life)
@@ -257,16 +257,15 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     labels = dict(hierarchy=_hierarchy_label(winner), layer_hierarchy=_MODE_NAMES.take(winner),
                   candidate_max_load=candidates)
     # The kernel scored its own solution; anything that changed it is scored here.
-    unchanged = solved is not None and phy2log is solved[0] and rank_loads is solved[3]
+    unchanged = solved is not None and phy2log is solved[0] and rank_loads is solved[2]
     if unchanged and balanced is weights:
         metrics = solution_metrics(solved, **labels)
     else:
         # The kernel's lower bounds hold for any placement of the same loads.
-        bound = solved[7] if solved is not None and balanced is weights else None
+        bound = solved[6] if solved is not None and balanced is weights else None
         metrics = score(phy2log, logcnt, weights, topo, rank_loads, bound=bound, **labels)
     metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
-    log2phy = solved[2] if unchanged else log2phy_of(phy2log, logcnt)
-    return Placement(phy2log=phy2log, log2phy=log2phy, logcnt=logcnt,
+    return Placement(phy2log=phy2log, logcnt=logcnt,
                      metrics=metrics, loads=weights, window=window, topo=topo,
                      num_redundant=num_redundant, num_groups=num_groups, policy=policy,
                      hierarchy=hierarchy, previous=previous, traffic=traffic)

@@ -168,9 +168,9 @@ def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: To
 def solution_metrics(solved: Tuple, **labels: Any) -> Metrics:
     """The :class:`Metrics` that ``plumb.solver.model.solve_model`` computed with its solution
     (``solved`` is its return tuple); ``labels`` as in :func:`score`."""
-    return Metrics(rank_loads=solved[3], balancedness=solved[10], layer_balancedness=solved[8],
-                   max_load=solved[6], lower_bound=solved[7], lb_gap=solved[9],
-                   lb_gap_mean=solved[11], lb_gap_max=solved[12], **labels)
+    return Metrics(rank_loads=solved[2], balancedness=solved[9], layer_balancedness=solved[7],
+                   max_load=solved[5], lower_bound=solved[6], lb_gap=solved[8],
+                   lb_gap_mean=solved[10], lb_gap_max=solved[11], **labels)
 
 
 def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,

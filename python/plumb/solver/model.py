@@ -10,7 +10,7 @@ from .jit import kernel
 from .pack import descending_order
 from .mintree import tree_size
 from .place import place, time_max
-from .placement import canonical_slots, log2phy_array
+from .placement import canonical_slots
 from .replicate import water_fill_into
 from .threads import run_layers, serial
 from .workspace import FILL_KEYS, FILL_TREE, copy_into, node_workspace, workspace
@@ -242,8 +242,8 @@ def _results(weights, speed, out):
     """:func:`solve_model`'s return tuple from the filled ``out`` of :func:`solve_layers`."""
     phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
     balance, gap_mean, gap_max = summarize(weights, speed, max_load, gap)
-    return (phy2log, logcnt, log2phy_array(phy2log, logcnt), rank_load, winner, candidate_max,
-            max_load, bound, balancedness, gap, balance, gap_mean, gap_max)
+    return (phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness,
+            gap, balance, gap_mean, gap_max)
 
 
 def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
@@ -260,8 +260,8 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
         slots: S, slots per rank.
 
     Returns:
-        A tuple: phy2log int64 [L, G*S]; logcnt int64 [L, E]; log2phy int64 [L, E, max
-        count]; rank_load float64 [L, G]; winner int8 [L] (GLOBAL or HIERARCHICAL);
+        A tuple: phy2log int64 [L, G*S]; logcnt int64 [L, E]; rank_load float64 [L, G];
+        winner int8 [L] (GLOBAL or HIERARCHICAL);
         candidate_max float64 [L, 2] (each policy's max rank time, inf if not run or cut
         short); max_load, lower_bound, layer_balancedness, lb_gap float64 [L] (as in
         ``Metrics``); the model balancedness; the mean and the largest lb_gap.
