@@ -49,6 +49,16 @@ def test_no_set_aside_means_the_packing_without_the_rule(num_ranks, slots, seed,
         np.testing.assert_array_equal(load, free_load)
 
 
+def _reference_trade(item_w, item_e, load, has, h, r, x, y):
+    """Replica x moves from rank h to r and y from r to h: loads and counts."""
+    d = item_w[x] - item_w[y]
+    load[h] -= d
+    load[r] += d
+    for rank, gone, came in ((h, x, y), (r, y, x)):
+        has[rank, item_e[gone]] -= 1
+        has[rank, item_e[came]] += 1
+
+
 def _reference_refine(slot_e, slot_w, load, speed, has, forbid_dup):
     """The swap search by brute force over every pair of replicas: busiest rank h (lowest index
     on ties); among swaps leaving both ranks below its time, the smallest larger time, ties to
@@ -78,12 +88,7 @@ def _reference_refine(slot_e, slot_w, load, speed, has, forbid_dup):
         if choice is None:
             return steps, item_w, item_e, owner
         _, r, x, y = choice
-        d = item_w[x] - item_w[y]
-        load[h] -= d
-        load[r] += d
-        for rank, gone, came in ((h, x, y), (r, y, x)):
-            has[rank, item_e[gone]] -= 1
-            has[rank, item_e[came]] += 1
+        _reference_trade(item_w, item_e, load, has, h, r, x, y)
         owner[x], owner[y] = r, h
         steps += 1
 
@@ -141,12 +146,7 @@ def _reference_sweep(item_w, item_e, slot_item, load, speed, has, forbid_dup):
             continue
         i, j = choice
         x, y = slot_item[h, i], slot_item[low, j]
-        d = item_w[x] - item_w[y]
-        load[h] -= d
-        load[low] += d
-        for rank, gone, came in ((h, x, y), (low, y, x)):
-            has[rank, item_e[gone]] -= 1
-            has[rank, item_e[came]] += 1
+        _reference_trade(item_w, item_e, load, has, h, low, x, y)
         slot_item[h, i], slot_item[low, j] = y, x
         applied += 1
     return applied

@@ -147,10 +147,9 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
 
 
 @kernel
-def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
-    """Exchanges replicas ``x`` and ``y`` between their ranks, keeping loads and counts."""
-    h = owner[x]
-    r = owner[y]
+def _trade(item_e, item_w, load, has, h, r, x, y):
+    """Books replica ``x`` moving from rank ``h`` to ``r`` and ``y`` from ``r`` to ``h`` in the
+    rank loads and replica counts (the caller moves them between slots)."""
     d = item_w[x] - item_w[y]
     load[h] -= d
     load[r] += d
@@ -158,6 +157,14 @@ def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
     has[h, item_e[y]] += 1
     has[r, item_e[y]] -= 1
     has[r, item_e[x]] += 1
+
+
+@kernel
+def _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y):
+    """Exchanges replicas ``x`` and ``y`` between their ranks, keeping loads and counts."""
+    h = owner[x]
+    r = owner[y]
+    _trade(item_e, item_w, load, has, h, r, x, y)
     kx = position[x]
     ky = position[y]
     slot_item[h, kx] = y
@@ -300,13 +307,7 @@ def pair_sweep(item_w, item_e, slot_item, load, speed, has, forbid_dup, fscratch
             continue
         x = slot_item[h, best_x]
         y = slot_item[low, best_y]
-        d = item_w[x] - item_w[y]
-        load[h] -= d
-        load[low] += d
-        has[h, item_e[x]] -= 1
-        has[h, item_e[y]] += 1
-        has[low, item_e[y]] -= 1
-        has[low, item_e[x]] += 1
+        _trade(item_e, item_w, load, has, h, low, x, y)
         slot_item[h, best_x] = y
         slot_item[low, best_y] = x
         applied += 1
