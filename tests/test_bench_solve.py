@@ -70,14 +70,37 @@ def test_parallel_columns_time_the_same_placements_on_threads(tmp_path, capsys):
     assert float(row["plumb ms, 2 threads"]) > 0 and row["× numpy, 2 threads"].endswith("×")
 
 
-def test_interleaved_rounds_rotate_the_order():
-    # Warm-up, then each round starts one contender later; "every" thins c out to every 4th
-    # round, topped up to 3 timed calls (rounds 0-2).
+def _followers(calls, name):
+    """Who ran right after each call of ``name``."""
+    return [after for before, after in zip(calls, calls[1:]) if before == name]
+
+
+def test_interleaved_rounds_shuffle_the_order():
+    # Warm-up in dict order, then every round in its own (seeded) order; "every" thins c out
+    # to every 4th round, topped up to 3 timed calls (rounds 0-2).
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     times = bench.interleaved_medians(fns, 4, every={"c": 4})
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("ab")
+    assert calls[:3] == list("abc")
+    rounds = [calls[3:6], calls[6:9], calls[9:12], calls[12:]]
+    assert [sorted(r) for r in rounds] == [list("abc")] * 3 + [list("ab")]
     assert set(times) == set("abc")
+    calls_again = list(calls)
+    calls.clear()
+    bench.interleaved_medians(fns, 4, every={"c": 4})
+    assert calls == calls_again
+
+
+def test_the_thinned_baseline_is_not_always_followed_by_the_same_contender():
+    # The bench's case: 4 contenders, the numpy baseline timed every 4th round. A rotation
+    # put the same contender right after it in every one of its rounds.
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("plumb", "deepseek",
+                                                                     "numpy", "parallel")}
+    bench.interleaved_medians(fns, 21, every={"numpy": 4})
+    followers = _followers(calls[4:], "numpy")
+    assert len(followers) >= 5 and len(set(followers)) >= 2
+    assert len(set(_followers(calls[4:], "plumb"))) >= 2
 
 
 def test_cli_lists_solve():

@@ -112,10 +112,12 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
     """Median seconds of each function, timed in rounds (one call of each per round).
 
     Interleaving spreads machine noise evenly over the contenders, so that their ratios hold
-    up on a busy machine; the order rotates every round, so that no contender always runs
-    right after the same one (after a call of the same code, or of the cache-evicting numpy
-    baseline). ``every[name] = k`` times that one only every k-th round (at least 3 times in
-    all). One untimed warm-up round first.
+    up on a busy machine; the order is shuffled every round (seeded by the round: the same on
+    every run), so that no contender always runs right after the same one (after a call of
+    the same code, or of the cache-evicting numpy baseline). A rotation would not do: it
+    keeps every contender's successor, and with the baseline thinned to every k-th round of
+    k contenders it also fixed its place in the round. ``every[name] = k`` times that one
+    only every k-th round (at least 3 times in all). One untimed warm-up round first.
     """
     every = every or {}
     rounds = {}
@@ -129,8 +131,8 @@ def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
         fn()
     order = list(fns.items())
     for round_ in range(repeats):
-        shift = round_ % len(order)
-        for name, fn in order[shift:] + order[:shift]:
+        shuffled = np.random.default_rng(round_).permutation(len(order))
+        for name, fn in (order[i] for i in shuffled):
             if round_ not in rounds[name]:
                 continue
             start = time.perf_counter()
