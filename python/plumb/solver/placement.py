@@ -93,8 +93,8 @@ class Placement:
         """int64 [L, E, max(logcnt)], each expert's slots ascending, -1 padded.
 
         Derived on first access and kept: it is a few megabytes of fresh memory on the large
-        shapes (5% of a DeepSeek-V3 decode solve), and SGLang's and TensorRT-LLM's exports,
-        the metrics and the locality pass only need phy2log."""
+        shapes (5% of a DeepSeek-V3 decode solve), and the engines' file exports, the metrics
+        and the locality pass only need phy2log."""
         return log2phy_of(self.phy2log, self.logcnt)
 
     @property
