@@ -228,7 +228,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         solved = solve_model(balanced, caps, speed, node_ranks, num_groups, slots, try_global,
                              try_hier, num_experts * num_ranks < num_slots,
                              num_experts * per_node < num_slots, stack_caps)
-        phy2log, logcnt, rank_loads, winner, candidates = solved[:5]
+        phy2log, logcnt, rank_loads = solved.phy2log, solved.logcnt, solved.rank_load
+        winner, candidates = solved.winner, solved.candidate_max
         if objective == "robust":
             phy2log = robust.robust_phy2log(phy2log, window, caps, speed,
                                             num_experts * num_ranks < num_slots, half_life)
@@ -257,12 +258,13 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     labels = dict(hierarchy=_hierarchy_label(winner), layer_hierarchy=_MODE_NAMES.take(winner),
                   candidate_max_load=candidates)
     # The kernel scored its own solution; anything that changed it is scored here.
-    unchanged = solved is not None and phy2log is solved[0] and rank_loads is solved[2]
+    unchanged = solved is not None and phy2log is solved.phy2log and \
+        rank_loads is solved.rank_load
     if unchanged and balanced is weights:
         metrics = solution_metrics(solved, **labels)
     else:
         # The kernel's lower bounds hold for any placement of the same loads.
-        bound = solved[6] if solved is not None and balanced is weights else None
+        bound = solved.lower_bound if solved is not None and balanced is weights else None
         metrics = score(phy2log, logcnt, weights, topo, rank_loads, bound=bound, **labels)
     metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
     return Placement(phy2log=phy2log, logcnt=logcnt,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -165,12 +165,13 @@ def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: To
     )
 
 
-def solution_metrics(solved: Tuple, **labels: Any) -> Metrics:
+def solution_metrics(solved: Any, **labels: Any) -> Metrics:
     """The :class:`Metrics` that ``plumb.solver.model.solve_model`` computed with its solution
-    (``solved`` is its return tuple); ``labels`` as in :func:`score`."""
-    return Metrics(rank_loads=solved[2], balancedness=solved[9], layer_balancedness=solved[7],
-                   max_load=solved[5], lower_bound=solved[6], lb_gap=solved[8],
-                   lb_gap_mean=solved[10], lb_gap_max=solved[11], **labels)
+    (``solved``, its ``Solved``); ``labels`` as in :func:`score`."""
+    return Metrics(rank_loads=solved.rank_load, balancedness=solved.balancedness,
+                   layer_balancedness=solved.layer_balancedness, max_load=solved.max_load,
+                   lower_bound=solved.lower_bound, lb_gap=solved.lb_gap,
+                   lb_gap_mean=solved.lb_gap_mean, lb_gap_max=solved.lb_gap_max, **labels)
 
 
 def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -246,8 +248,26 @@ def _results(weights, speed, out):
             gap, balance, gap_mean, gap_max)
 
 
+class Solved(NamedTuple):
+    """What :func:`solve_model` returns (by name: its callers pick a few of the fields)."""
+
+    phy2log: np.ndarray            # int64 [L, G*S]
+    logcnt: np.ndarray             # int64 [L, E]
+    rank_load: np.ndarray          # float64 [L, G]
+    winner: np.ndarray             # int8 [L], GLOBAL or HIERARCHICAL
+    candidate_max: np.ndarray      # float64 [L, 2], each policy's max rank time (inf: not
+                                   # run, or cut short)
+    max_load: np.ndarray           # float64 [L], as in Metrics
+    lower_bound: np.ndarray        # float64 [L]
+    layer_balancedness: np.ndarray  # float64 [L]
+    lb_gap: np.ndarray             # float64 [L]
+    balancedness: float            # the model's
+    lb_gap_mean: float
+    lb_gap_max: float
+
+
 def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global, try_hier,
-                allow_dup_global, allow_dup_hier, stack_caps):
+                allow_dup_global, allow_dup_hier, stack_caps) -> Solved:
     """Solves and scores every layer; where both policies are tried, keeps the better one.
 
     Layers are independent: on large models they are split over ``numba.get_num_threads()``
@@ -260,21 +280,18 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
         slots: S, slots per rank.
 
     Returns:
-        A tuple: phy2log int64 [L, G*S]; logcnt int64 [L, E]; rank_load float64 [L, G];
-        winner int8 [L] (GLOBAL or HIERARCHICAL);
-        candidate_max float64 [L, 2] (each policy's max rank time, inf if not run or cut
-        short); max_load, lower_bound, layer_balancedness, lb_gap float64 [L] (as in
-        ``Metrics``); the model balancedness; the mean and the largest lb_gap.
+        :class:`Solved`.
     """
     num_layers, num_experts = weights.shape
     bins = speed.shape[0]
     work = num_layers * bins * slots
     if serial(num_layers, work):
-        return _solve_serial(weights, caps, speed, node_ranks, num_groups, slots, try_global,
-                             try_hier, allow_dup_global, allow_dup_hier, stack_caps)
+        return Solved(*_solve_serial(weights, caps, speed, node_ranks, num_groups, slots,
+                                     try_global, try_hier, allow_dup_global, allow_dup_hier,
+                                     stack_caps))
     out = _allocate(num_layers, num_experts, bins, slots)
     run_layers(lambda layers: solve_layers(weights, caps, speed, node_ranks, num_groups,
                                            try_global, try_hier, allow_dup_global,
                                            allow_dup_hier, stack_caps, layers, out),
                num_layers, work)
-    return _results(weights, speed, out)
+    return Solved(*_results(weights, speed, out))
