@@ -26,7 +26,9 @@ def water_fill(weights, num_slots, caps, counts):
         counts: int64 [n], output: replicas per expert, each in [1, cap], summing to num_slots.
 
     Ties go to the lower index, as in DeepSeek's replication (so that on ties both start from
-    the same counts; the caps keep zero-load experts from piling up). Should the caps sum to
+    the same counts), except when the largest per-replica load is 0: the replicas left then
+    go one per zero-load expert in index order, round after round, instead of all to the
+    first (see ``_spread_zeros``). Should the caps sum to
     less than ``num_slots`` (only possible for a node's share in the hierarchical policy), the
     caps are dropped for the remaining replicas instead of failing.
 
@@ -52,7 +54,8 @@ def water_fill_into(weights, num_slots, caps, counts, keys, tree):
             keys[e] = -weights[e]
     tree_build(keys, tree)
     capped = True
-    for _ in range(num_slots - n):
+    left = num_slots - n
+    while left > 0:
         e = tree_min(tree)
         if keys[e] == np.inf:
             capped = False
@@ -60,10 +63,34 @@ def water_fill_into(weights, num_slots, caps, counts, keys, tree):
                 keys[f] = -weights[f] / counts[f]
             tree_build(keys, tree)
             e = tree_min(tree)
+        if keys[e] == 0.0:
+            left = _spread_zeros(caps, counts, keys, capped, left)
+            tree_build(keys, tree)
+            continue
         counts[e] += 1
+        left -= 1
         keys[e] = -weights[e] / counts[e] if counts[e] < caps[e] or not capped else np.inf
         tree_update(keys, tree, e)
     return capped
+
+
+@kernel
+def _spread_zeros(caps, counts, keys, capped, left):
+    """Once the largest per-replica load is 0, every expert that may take a replica has no
+    load: one more replica each, in index order, while ``left`` lasts (int; returns what is
+    left). Any counts are optimal then; the lowest-index rule would pile them all onto one
+    expert (up to its cap), whose replicas LPT then sets aside rank after rank, each time on
+    every rank already holding one: quadratic in the pile."""
+    for f in range(counts.shape[0]):
+        if left == 0:
+            break
+        if keys[f] != 0.0:
+            continue
+        counts[f] += 1
+        left -= 1
+        if capped and counts[f] >= caps[f]:
+            keys[f] = np.inf
+    return left
 
 
 @kernel
