@@ -57,9 +57,13 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
         for i in range(gpn):
             node_speed[n] += speed[node_ranks[n, i]]
     node_load = nw.node_load
+    # Scratch blocks of ``has`` as C-contiguous views of its first entries: a slice
+    # has[:rows, :cols] is a non-contiguous array type, for which numba compiled every packing
+    # and refinement kernel a second time.
+    flat_has = has.reshape(has.size)
     place(group_w, nw.group_ones, node_speed, True, nw.group_counts, nw.group_slot,
-          nw.group_slot_w, node_load, has[:nodes, :num_groups], nw.group_ones, 0.0, False,
-          fscratch, iscratch)
+          nw.group_slot_w, node_load, flat_has[:nodes * num_groups].reshape((nodes, num_groups)),
+          nw.group_ones, 0.0, False, fscratch, iscratch)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
@@ -74,7 +78,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     local_e = nw.local_e
     local_sw = nw.local_w_slots
     local_load = nw.local_load
-    local_has = has[:gpn, :local_n]
+    local_has = flat_has[:gpn * local_n].reshape((gpn, local_n))
     node_groups = nw.node_groups
     # Heaviest node first: a lighter node's alternatives are skipped once its busiest rank is
     # no busier than one already placed (it cannot lower the layer's maximum).
