@@ -658,10 +658,13 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
     groups = _group_ranks(topo)
     group_cost = np.matmul(token_cost, _group_means(groups, topo.num_ranks))
+    # A writable copy: the topology's read-only array is a numba type of its own, and the
+    # solver kernels the re-packing calls would all be compiled again for it.
+    speed = np.array(topo.rank_speed, dtype=np.float64)
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, group_cost, topo.rank_speed, topo.node_of_rank, groups,
+        topo.level, token_cost, group_cost, speed, topo.node_of_rank, groups,
         nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}

@@ -215,8 +215,10 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
     # Only down to the cap: a packing within it is all the caller needs, and every swap
     # more may move a pinned replica off its node.
     fscratch, iscratch = workspace(num_experts, num_ranks, slots)
-    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16, PAIR_STEPS,
-                 PAIR_PARTNERS, cap, fscratch, iscratch)
+    # Typed counts, not the literal constants: one compiled refine_slots for every caller
+    # (plumb.solver.jit).
+    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16,
+                 np.int64(PAIR_STEPS), np.int64(PAIR_PARTNERS), cap, fscratch, iscratch)
     # Slot order within a rank is the caller's to fix (canonical order once, at the end).
     for r in range(num_ranks):
         for k in range(slots):

@@ -48,7 +48,7 @@ def _candidate_b(x, step_w, caps, speed, allow_dup, counts, slot_e, has, max_swa
     # LPT packing and swap search on the mean loads, as for the mean objective.
     pack_counts(mean, counts, speed, allow_dup, slot_e,
                 np.empty((bins, slots), dtype=np.float64), np.empty(bins, dtype=np.float64),
-                has, True)
+                has, np.bool_(True))
     _share(x, counts, share)
     return refine_steps(share, step_w, speed, not allow_dup, slot_e, has, max_swaps)
 
@@ -88,7 +88,8 @@ def robust_model(window, step_w, caps, speed, allow_dup, start, max_swaps, exact
     counts_b = np.empty(n, dtype=np.int64)
     slot_a = np.empty((bins, slots), dtype=np.int64)
     slot_b = np.empty((bins, slots), dtype=np.int64)
-    has = np.empty((bins, n), dtype=np.int64)
+    # int16 as in the solver: the packing kernels compile once for that type.
+    has = np.empty((bins, n), dtype=np.int16)
     for layer in range(num_layers):
         for t in range(steps):
             for e in range(n):

@@ -97,7 +97,7 @@ def refine_steps(share, step_w, speed, forbid_dup, slot_e, has, max_swaps):
         speed: float64 [G], rank speeds.
         forbid_dup: only accept swaps that put no expert twice on one rank.
         slot_e: int64 [G, S], expert in each slot; updated.
-        has: int64 [G, n], replicas of each expert per rank; updated.
+        has: int16 [G, n], replicas of each expert per rank; updated.
         max_swaps: bound on applied swaps.
 
     Returns:

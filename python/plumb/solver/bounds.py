@@ -19,6 +19,7 @@ A rank whose load is at least X has time at least X / max(speed).
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .jit import kernel, largest, total
@@ -72,7 +73,7 @@ def layer_bound(weights, num_slots, speed):
     Args:
         weights: float64 [E]; num_slots: P; speed: float64 [G].
     """
-    fscratch, iscratch = workspace(weights.shape[0], 1, 1)
+    fscratch, iscratch = workspace(weights.shape[0], np.int64(1), np.int64(1))
     return layer_bound_with(weights, num_slots, speed, fscratch, iscratch)
 
 
@@ -110,6 +111,6 @@ def replicated_bound(weights, counts, speed):
 @njit(cache=True, nogil=True)
 def layer_lower_bounds(weights, num_slots, speed, out):
     """:func:`layer_bound` of every layer of ``weights`` float64 [L, E] into ``out`` float64 [L]."""
-    fscratch, iscratch = workspace(weights.shape[1], 1, 1)
+    fscratch, iscratch = workspace(weights.shape[1], np.int64(1), np.int64(1))
     for layer in range(weights.shape[0]):
         out[layer] = layer_bound_with(weights[layer], num_slots, speed, fscratch, iscratch)

@@ -15,6 +15,11 @@ Rules for a ``kernel``:
   - it calls only other kernels or allocation-free helpers: a function compiled from a
     kernel inherits ``_nrt=False``. Some of numba's own array methods need the runtime
     (``ndarray.max``): kernels use :func:`total` and :func:`largest` below.
+  - its callers pass flags and counts as typed scalars (``np.bool_(True)``, ``np.int64(0)``)
+    where other call sites pass runtime values, and arrays C-contiguous (a view of the first
+    entries, not a ``[:rows, :cols]`` slice): numba compiles a kernel, and every kernel under
+    it, once per distinct argument type, and a bare literal or a strided slice is a type of
+    its own. Both had doubled the first-ever compile.
 The arrays it receives are kept alive by the caller (an ordinary njit entry point such as
 ``solve_layers``, which owns every allocation), so the missing counts are never needed.
 """

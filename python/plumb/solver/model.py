@@ -61,9 +61,11 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
     # has[:rows, :cols] is a non-contiguous array type, for which numba compiled every packing
     # and refinement kernel a second time.
     flat_has = has.reshape(has.size)
-    place(group_w, nw.group_ones, node_speed, True, nw.group_counts, nw.group_slot,
+    # Flags as np.bool_: a bare True / False is a literal type, and numba would compile place
+    # (and every kernel under it) once more for each literal value (see plumb.solver.jit).
+    place(group_w, nw.group_ones, node_speed, np.bool_(True), nw.group_counts, nw.group_slot,
           nw.group_slot_w, node_load, flat_has[:nodes * num_groups].reshape((nodes, num_groups)),
-          nw.group_ones, 0.0, False, fscratch, iscratch)
+          nw.group_ones, 0.0, np.bool_(False), fscratch, iscratch)
     # A node's ranks carry exactly its load, so some rank's time is at least load / speed.
     for n in range(nodes):
         if node_load[n] / node_speed[n] > beat:
@@ -107,7 +109,7 @@ def _hierarchical_layer(weights, caps, speed, node_ranks, num_groups, allow_dup,
             local_speed[i] = speed[node_ranks[n, i]]
         worst = max(worst, place(local_w, local_caps, local_speed, allow_dup, local_counts,
                                  local_e, local_sw, local_load, local_has, local_stack_caps,
-                                 worst, False, fscratch, iscratch))
+                                 worst, np.bool_(False), fscratch, iscratch))
         for j in range(local_n):
             counts[ids[j]] = local_counts[j]
         for i in range(gpn):

@@ -236,8 +236,10 @@ def repair_duplicates(slot_e, slot_w, load, speed, has):
             if has[r, e] < 2:
                 continue
             best = np.inf
-            best_r = -1
-            best_k = -1
+            # Typed: while numba infers this loop it would also compile swap_items for a
+            # literal -1 (plumb.solver.jit).
+            best_r = np.int64(-1)
+            best_k = np.int64(-1)
             for r2 in range(bins):
                 if r2 == r or has[r2, e] > 0:
                     continue

@@ -18,6 +18,7 @@ unstacked everywhere else.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .jit import kernel, total
@@ -87,8 +88,8 @@ def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refi
     if stacked > 0 and not allow_dup:
         repair_duplicates(slot_e, slot_w, load, speed, has)
         if refine:
-            refine_slots(slot_e, slot_w, load, speed, has, True, steps, steps, partners, floor,
-                         fscratch, iscratch)
+            refine_slots(slot_e, slot_w, load, speed, has, np.bool_(True), steps, steps,
+                         partners, floor, fscratch, iscratch)
     # At or under the floor the search would stop at once: LPT's slots stand as they are.
     elif refine and time_max(load, speed) > floor:
         # The item list is already sorted by weight: refine on it directly.
@@ -114,8 +115,8 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
     item_w = fscratch[ITEM_W, :slot_e.size]
     item_e = iscratch[ITEM_E, :slot_e.size]
     sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
-    return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, 0,
-                      0.0, fscratch, iscratch)
+    return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine,
+                      np.int64(0), 0.0, fscratch, iscratch)
 
 
 @kernel
@@ -193,8 +194,8 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     if n == bins * slots:
         counts[:] = 1
         sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
-        return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, True, 0,
-                          enough, fscratch, iscratch)[0]
+        return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
+                          np.bool_(True), np.int64(0), enough, fscratch, iscratch)[0]
     if not counted:
         size = tree_size(n)
         water_fill_into(weights, bins * slots, caps, counts, fscratch[FILL_KEYS, :size],
@@ -202,7 +203,7 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     partners = PAIR_PARTNERS if slots <= PAIR_SLOTS and not allow_dup else 0
     top, constrained = pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
-                                  True, partners, enough, fscratch, iscratch)
+                                  np.bool_(True), partners, enough, fscratch, iscratch)
     if allow_dup:
         return top
     if top > enough:
@@ -276,7 +277,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                            trial_load, has, not stack, partners, enough, fscratch,
                            iscratch)[0]
         if stack and trial < top:
-            refine_swaps(trial_e, trial_w, trial_load, speed, has, False,
+            refine_swaps(trial_e, trial_w, trial_load, speed, has, np.bool_(False),
                          4 * slot_e.size + 16, fscratch, iscratch)
             trial = time_max(trial_load, speed)
         if trial < top * (1.0 - 1e-9):

@@ -376,7 +376,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
     # Times are load * (1 / speed) throughout the search: a multiply instead of a divide per
     # candidate, and the same rounding everywhere.
     inv_speed = fscratch[INV_SPEED, :bins]
-    unit_speed = True
+    unit_speed = np.bool_(True)
     for r in range(bins):
         unit_speed = unit_speed and speed[r] == 1.0
         inv_speed[r] = 1.0 / speed[r]
@@ -457,5 +457,5 @@ def refine_swaps(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, fscrat
     Returns:
         Number of swaps applied. On return each rank's slots are sorted by load.
     """
-    return refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, 0, 0, 0.0,
-                        fscratch, iscratch)[0]
+    return refine_slots(slot_e, slot_w, load, speed, has, forbid_dup, max_steps, np.int64(0),
+                        np.int64(0), 0.0, fscratch, iscratch)[0]
