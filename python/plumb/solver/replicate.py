@@ -28,9 +28,9 @@ def water_fill(weights, num_slots, caps, counts):
     Ties go to the lower index, as in DeepSeek's replication (so that on ties both start from
     the same counts), except when the largest per-replica load is 0: the replicas left then
     go one per zero-load expert in index order, round after round, instead of all to the
-    first (see ``_spread_zeros``). Should the caps sum to
-    less than ``num_slots`` (only possible for a node's share in the hierarchical policy), the
-    caps are dropped for the remaining replicas instead of failing.
+    first (see ``_spread_zeros``). Should the caps sum to less than ``num_slots`` (only
+    possible for a node's share in the hierarchical policy), the caps are dropped for the
+    remaining replicas instead of failing.
 
     Returns:
         True when the caps were respected, False when they had to be dropped.
