@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.api import kernel_topology
 from ..solver.jit import kernel
 from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
@@ -658,9 +659,7 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
     groups = _group_ranks(topo)
     group_cost = np.matmul(token_cost, _group_means(groups, topo.num_ranks))
-    # A writable copy: the topology's read-only array is a numba type of its own, and the
-    # solver kernels the re-packing calls would all be compiled again for it.
-    speed = np.array(topo.rank_speed, dtype=np.float64)
+    _, speed = kernel_topology(topo)
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,

@@ -90,8 +90,11 @@ def node_ranks_of(topo: Topology) -> Optional[np.ndarray]:
 _KERNEL_TOPOLOGY: "weakref.WeakKeyDictionary[Topology, Tuple]" = weakref.WeakKeyDictionary()
 
 
-def _kernel_topology(topo: Topology) -> Tuple[Optional[np.ndarray], np.ndarray]:
-    """(node_ranks_of(topo), rank speeds as a writable float64 [G]): one numba signature."""
+def kernel_topology(topo: Topology) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """(node_ranks_of(topo), rank speeds as a writable float64 [G]), cached per topology.
+
+    Writable because the topology's own read-only array is a numba type of its own: every
+    kernel handed it would be compiled a second time (plumb.solver.jit). Not to be written."""
     cached = _KERNEL_TOPOLOGY.get(topo)
     if cached is None:
         cached = (node_ranks_of(topo), np.array(topo.rank_speed, dtype=np.float64))
@@ -209,7 +212,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     load_slack = locality.as_load_slack(load_slack)
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
-    node_ranks, speed = _kernel_topology(topo)
+    node_ranks, speed = kernel_topology(topo)
     solved = None
 
     if policy == "plumb":
