@@ -49,6 +49,53 @@ def test_no_set_aside_means_the_packing_without_the_rule(num_ranks, slots, seed,
         np.testing.assert_array_equal(load, free_load)
 
 
+def _reference_lpt(item_w, item_e, speed, slots, forbid_dup, num_experts):
+    """The packing rule of plumb.solver.pack, one item at a time: the open rank of smallest
+    (load / speed, index); with ``forbid_dup`` the first in that order not holding the expert
+    (the ones before it are set aside), or, if all hold it, the first (stacked)."""
+    bins = speed.shape[0]
+    slot_e = np.empty((bins, slots), dtype=np.int64)
+    load = np.zeros(bins)
+    fill = np.zeros(bins, dtype=np.int64)
+    has = np.zeros((bins, num_experts), dtype=np.int64)
+    stacked = set_aside = 0
+    for w, e in zip(item_w, item_e):
+        order = sorted((r for r in range(bins) if fill[r] < slots),
+                       key=lambda r: (load[r] * (1.0 / speed[r]), r))
+        chosen = order[0]
+        if forbid_dup:
+            free = [r for r in order if has[r, e] == 0]
+            chosen = free[0] if free else order[0]
+            stacked += not free
+            set_aside += order.index(free[0]) if free else len(order)
+        fill[chosen] += 1
+        slot_e[chosen, slots - fill[chosen]] = e
+        load[chosen] += w
+        has[chosen, e] += 1
+    return (stacked, set_aside), slot_e, load
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**32 - 1), st.booleans(),
+       st.booleans())
+def test_lpt_follows_the_rule_with_the_scan_and_with_the_tree(num_ranks, slots, seed,
+                                                              equal_shares, forbid_dup):
+    # Up to SCAN_BINS ranks the lightest is found by a scan, beyond by a tournament tree:
+    # both must give the rule's packing and its stacked / set-aside counts, ties included.
+    rng = np.random.default_rng(seed)
+    num_experts = int(rng.integers(max(1, num_ranks * slots // 3), num_ranks * slots + 1))
+    item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
+    order = np.argsort(-item_w, kind="stable")
+    item_w, item_e = np.ascontiguousarray(item_w[order]), np.ascontiguousarray(item_e[order])
+    speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
+    counted, slot_e, _, load, _ = _pack(item_w, item_e, speed, slots, forbid_dup, num_experts)
+    want_counted, want_e, want_load = _reference_lpt(item_w, item_e, speed, slots, forbid_dup,
+                                                     num_experts)
+    assert tuple(counted) == want_counted
+    np.testing.assert_array_equal(slot_e, want_e)
+    np.testing.assert_allclose(load, want_load, rtol=1e-12)
+
+
 def _reference_trade(item_w, item_e, load, has, h, r, x, y):
     """Replica x moves from rank h to r and y from r to h: loads and counts."""
     d = item_w[x] - item_w[y]
