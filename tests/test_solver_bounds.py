@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plumb
-from plumb.solver.bounds import cardinality_bound, layer_bound
+from plumb.solver.bounds import cardinality_bound, layer_bound, layer_bound_with
+from plumb.solver.workspace import ORDER, workspace
 
 
 def _brute_force_optimum(weights: np.ndarray, num_ranks: int, num_slots: int) -> float:
@@ -94,3 +95,20 @@ def test_bounds_scale_with_the_fastest_rank():
     m = plumb.evaluate([[0, 3, 1, 2]], [9.0, 8.0, 7.0, 1.0], topo)
     assert m.lower_bound[0] <= m.max_load[0]
     np.testing.assert_allclose(m.lower_bound, [max(25.0 / 3.0, 15.0 / 2.0)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(2, 6), st.integers(0, 2**32 - 1), st.booleans())
+def test_bound_leaves_the_experts_by_descending_weight_for_the_packing(num_ranks, slots, seed,
+                                                                       integral):
+    # With one replica per expert the solver packs from the order the bound sorted (no
+    # second sort): it must be the stable descending order, ties by expert index.
+    rng = np.random.default_rng(seed)
+    num_experts = num_ranks * slots
+    weights = rng.integers(0, 4, num_experts).astype(np.float64) if integral else \
+        rng.lognormal(0.0, 1.0, num_experts)
+    fscratch, iscratch = workspace(num_experts, num_ranks, slots)
+    iscratch[ORDER] = -1
+    layer_bound_with(weights, num_experts, np.ones(num_ranks), fscratch, iscratch)
+    np.testing.assert_array_equal(iscratch[ORDER, :num_experts],
+                                  np.argsort(-weights, kind="stable"))

@@ -79,7 +79,9 @@ def layer_bound(weights, num_slots, speed):
 
 @kernel
 def layer_bound_with(weights, num_slots, speed, fscratch, iscratch):
-    """:func:`layer_bound` with the scratch of a ``workspace`` for >= E experts."""
+    """:func:`layer_bound` with the scratch of a ``workspace`` for >= E experts. When
+    P == E > G it leaves ``iscratch[ORDER, :E]`` listing the experts by descending weight
+    (ties by index): the packing of that layer starts from the same order."""
     num_experts = weights.shape[0]
     bins = speed.shape[0]
     top_speed = largest(speed)

@@ -172,6 +172,8 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     for e in range(num_experts):
         shared_fill = shared_fill and caps[e] == bins
     size = tree_size(num_experts)
+    # With one replica per expert the bound sorts the experts by weight, as the packing needs.
+    sorted_by_bound = num_slots == num_experts and num_experts > bins
     for layer in layers:
         w = weights[layer]
         if shared_fill:
@@ -186,7 +188,8 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
         top_global = top_hier = np.inf
         if try_global:
             top_global = place(w, caps, speed, allow_dup_global, g_counts, g_e, g_w, g_load,
-                               has, stack_caps, bound[layer], shared_fill, fscratch, iscratch)
+                               has, stack_caps, bound[layer], shared_fill or sorted_by_bound,
+                               fscratch, iscratch)
         if try_hier and _hierarchical_layer(w, caps, speed, node_ranks, num_groups,
                                             allow_dup_hier, top_global, h_counts, h_e, h_w,
                                             h_load, has, stack_caps, fscratch, iscratch, nw):

@@ -56,10 +56,18 @@ def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
         share[e] = weights[e] / counts[e]
     order = iscratch[ORDER, :n]
     descending_order(share, order, iscratch[SORT_SCRATCH])
+    expand_items(weights, counts, order, item_w, item_e)
+
+
+@kernel
+def expand_items(weights, counts, order, item_w, item_e):
+    """:func:`sorted_items` with the experts' order given: ``order`` int64 [n] lists them by
+    descending ``w_e / c_e`` (ties by index)."""
     i = 0
     for e in order:
+        share = weights[e] / counts[e]
         for _ in range(counts[e]):
-            item_w[i] = share[e]
+            item_w[i] = share
             item_e[i] = e
             i += 1
 
@@ -158,7 +166,7 @@ def _recount(weights, caps, counts, slot_e, slot_w, load, speed, top):
 
 @kernel
 def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, stack_caps,
-          floor, counted, fscratch, iscratch):
+          floor, prepared, fscratch, iscratch):
     """Replicates ``n`` experts into ``bins * S`` slots and packs them onto ``bins`` ranks.
 
     Args:
@@ -166,7 +174,8 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         caps: int64 [n], replica cap per expert (at most ``bins`` unless ``allow_dup``).
         speed: float64 [bins], relative speed of each rank.
         allow_dup: whether two replicas of one expert may share a rank (only when forced).
-        counts: int64 [n], output: replicas per expert (input too if ``counted``).
+        counts: int64 [n], output: replicas per expert (input too if ``prepared``, with spare
+            slots).
         slot_e: int64 [bins, S], output: local expert index in each slot.
         slot_w: float64 [bins, S], output: per-replica load in each slot.
         load: float64 [bins], output: load of each rank.
@@ -177,8 +186,10 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
         floor: a time the caller cannot use anything below (a lower bound of the layer, or
             the busiest rank elsewhere); at or under it the alternatives and pair exchanges
             are skipped.
-        counted: ``counts`` already holds the water-filled counts for ``caps`` (the caller
-            needed them first), unless there is one replica per expert.
+        prepared: the caller has done the first step already (for its lower bound): with
+            spare slots, ``counts`` holds the water-filled counts for ``caps``; with one
+            replica per expert, ``iscratch[ORDER, :n]`` lists the experts by descending
+            weight (ties by index), as :func:`plumb.solver.bounds.layer_bound_with` leaves it.
         fscratch, iscratch: the scratch of a ``workspace`` for >= n experts and >= bins * S
             replicas on >= bins ranks.
 
@@ -193,10 +204,13 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     enough = max(ideal * (1.0 + 1e-9), floor)
     if n == bins * slots:
         counts[:] = 1
-        sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
+        if prepared:
+            expand_items(weights, counts, iscratch[ORDER, :n], item_w, item_e)
+        else:
+            sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
         return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has,
                           np.bool_(True), np.int64(0), enough, fscratch, iscratch)[0]
-    if not counted:
+    if not prepared:
         size = tree_size(n)
         water_fill_into(weights, bins * slots, caps, counts, fscratch[FILL_KEYS, :size],
                         iscratch[FILL_TREE, :size])
