@@ -22,6 +22,18 @@ def _items(rng, num_ranks, slots, num_experts, equal_shares):
     return np.ascontiguousarray(weights[item_e] / counts[item_e]), item_e
 
 
+def _sorted_case(seed, num_ranks, slots, fewest_experts, equal_shares):
+    """(item_w, item_e, speed, num_experts): ``_items`` heaviest first (ties by index) for
+    ``fewest_experts`` to ``num_ranks * slots`` experts; rank speeds 1 and 2 for odd seeds."""
+    rng = np.random.default_rng(seed)
+    num_experts = int(rng.integers(max(1, fewest_experts), num_ranks * slots + 1))
+    item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
+    order = np.argsort(-item_w, kind="stable")
+    speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
+    return (np.ascontiguousarray(item_w[order]), np.ascontiguousarray(item_e[order]), speed,
+            num_experts)
+
+
 def _pack(item_w, item_e, speed, slots, forbid_dup, num_experts):
     num_ranks = speed.shape[0]
     slot_e = np.empty((num_ranks, slots), dtype=np.int64)
@@ -82,12 +94,8 @@ def test_lpt_follows_the_rule_with_the_scan_and_with_the_tree(num_ranks, slots, 
                                                               equal_shares, forbid_dup):
     # Up to SCAN_BINS ranks the lightest is found by a scan, beyond by a tournament tree:
     # both must give the rule's packing and its stacked / set-aside counts, ties included.
-    rng = np.random.default_rng(seed)
-    num_experts = int(rng.integers(max(1, num_ranks * slots // 3), num_ranks * slots + 1))
-    item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
-    order = np.argsort(-item_w, kind="stable")
-    item_w, item_e = np.ascontiguousarray(item_w[order]), np.ascontiguousarray(item_e[order])
-    speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
+    item_w, item_e, speed, num_experts = _sorted_case(seed, num_ranks, slots,
+                                                      num_ranks * slots // 3, equal_shares)
     counted, slot_e, _, load, _ = _pack(item_w, item_e, speed, slots, forbid_dup, num_experts)
     want_counted, want_e, want_load = _reference_lpt(item_w, item_e, speed, slots, forbid_dup,
                                                      num_experts)
@@ -204,12 +212,9 @@ def _reference_sweep(item_w, item_e, slot_item, load, speed, has, forbid_dup):
        st.booleans())
 def test_pair_sweep_takes_the_brute_force_swaps_and_never_raises_the_maximum(
         num_ranks, slots, seed, equal_shares, forbid_dup):
-    rng = np.random.default_rng(seed)
-    num_experts = int(rng.integers(max(1, num_ranks * slots // 2), num_ranks * slots + 1))
-    item_w, item_e = _items(rng, num_ranks, slots, num_experts, equal_shares)
-    order = np.argsort(-item_w, kind="stable")
-    item_w, item_e = np.ascontiguousarray(item_w[order]), np.ascontiguousarray(item_e[order])
-    speed = rng.choice([1.0, 2.0], num_ranks) if seed % 2 else np.ones(num_ranks)
+    item_w, item_e, speed, num_experts = _sorted_case(seed, num_ranks, slots,
+                                                      num_ranks * slots // 2, equal_shares)
+    rng = np.random.default_rng(seed + 1)
     # A random packing (not LPT's): far from even, so that most pairs swap.
     slot_item = rng.permutation(num_ranks * slots).reshape(num_ranks, slots)
     load = item_w[slot_item].sum(axis=1)
