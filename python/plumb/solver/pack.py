@@ -172,11 +172,7 @@ def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     fill = iscratch[FILL, :bins]
     inv_speed = fscratch[INV_SPEED, :bins]
     keys[bins:] = np.inf
-    for r in range(bins):
-        load[r] = 0.0
-        keys[r] = 0.0
-        fill[r] = 0
-        inv_speed[r] = 1.0 / speed[r]
+    _reset_ranks(speed, load, keys, fill, inv_speed)
     # First round without the tree: while the items weigh something, item i goes to the empty
     # rank i (every rank before it already has a positive time; ties go to the lower index).
     first = 0
@@ -233,11 +229,7 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     open rank without it (lowest index on ties), with every open rank before it in that order
     counted as set aside."""
     bins, slots = slot_e.shape
-    for r in range(bins):
-        load[r] = 0.0
-        keys[r] = 0.0
-        fill[r] = 0
-        inv_speed[r] = 1.0 / speed[r]
+    _reset_ranks(speed, load, keys, fill, inv_speed)
     # Times are non-negative (never -0.0: loads start at +0.0 and only grow) or +inf for a
     # full rank, so they order as their bit patterns: an integer minimum, which the compiler
     # vectorises without being allowed to reassociate floats.
@@ -291,6 +283,17 @@ def _passed_over(keys, has, e, chosen):
                 keys[r] == keys[chosen] and r < chosen)):
             count += 1
     return count
+
+
+@kernel
+def _reset_ranks(speed, load, keys, fill, inv_speed):
+    """Empty ranks before a packing: zero ``load`` / ``keys`` / ``fill`` and ``inv_speed`` =
+    1 / ``speed`` (float64 / float64 / int64 / float64 [>= bins], speed float64 [bins])."""
+    for r in range(speed.shape[0]):
+        load[r] = 0.0
+        keys[r] = 0.0
+        fill[r] = 0
+        inv_speed[r] = 1.0 / speed[r]
 
 
 @kernel
