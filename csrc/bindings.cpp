@@ -3,7 +3,6 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,12 +12,22 @@ namespace py = pybind11;
 
 namespace {
 
+// Messages are joined with std::string and std::to_string, not iostreams: built with g++ 13.3
+// (Ubuntu 24.04, libstdc++ 6.0.33, pybind11 3.1, Python 3.12), the first std::ostringstream
+// used in this module segfaulted, with or without torch loaded, and an error message must
+// never crash.
+std::string join_ints(const int64_t* values, size_t count, const char* open, const char* close) {
+  std::string text = open;
+  for (size_t i = 0; i < count; ++i) {
+    if (i) text += ", ";
+    text += std::to_string(values[i]);
+  }
+  return text + close;
+}
+
 std::string shape_str(const std::vector<py::ssize_t>& shape) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  os << "]";
-  return os.str();
+  const std::vector<int64_t> dims(shape.begin(), shape.end());
+  return join_ints(dims.data(), dims.size(), "[", "]");
 }
 
 std::string position_str(int64_t flat, const std::vector<py::ssize_t>& shape) {
@@ -27,11 +36,7 @@ std::string position_str(int64_t flat, const std::vector<py::ssize_t>& shape) {
     index[d] = flat % shape[d];
     flat /= shape[d];
   }
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < index.size(); ++i) os << (i ? ", " : "") << index[i];
-  os << (index.size() == 1 ? ",)" : ")");
-  return os.str();
+  return join_ints(index.data(), index.size(), "(", index.size() == 1 ? ",)" : ")");
 }
 
 int resolve_threads(const py::object& num_threads) {
