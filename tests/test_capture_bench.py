@@ -22,3 +22,14 @@ def test_bench_capture_writes_its_section(tmp_path, capsys):
     assert "## other\n\nkept" in text
     assert "## capture\n\nCommand: `python benchmarks/bench_capture.py --quick`" in text
     assert text.count("## capture") == 1
+
+
+def test_bench_capture_cuda_refuses_without_a_gpu(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: tests/test_cuda.py runs this benchmark")
+    results = tmp_path / "RESULTS.md"
+    assert main(["bench", "capture_cuda", "--quick", "--results", str(results)]) == 2
+    assert "needs a CUDA device (torch.cuda.is_available() is False)" in capsys.readouterr().err
+    assert not results.exists()

@@ -1,6 +1,9 @@
 """torch.ops.plumb histogram operators: opcheck, correctness, torch.compile, device path."""
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -97,6 +100,35 @@ def test_device_path_matches_native_and_skips_invalid_without_raising():
     valid = ids.clone()
     valid[2, 10, 1] = -1
     assert torch.equal(deferred, reference(valid, 12))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_device_path_bins_every_id_like_the_native_kernel(data):
+    # Extremes included: id + 1 overflows for the largest int32 / int64 ids, and those must
+    # still land in the invalid bin.
+    dtype = data.draw(st.sampled_from([torch.int32, torch.int64]))
+    info = torch.iinfo(dtype)
+    num_experts = data.draw(st.integers(1, 40))
+    shape = data.draw(st.sampled_from([(7,), (5, 3), (1, 4, 2), (3, 6, 2), (0, 2)]))
+    values = st.one_of(st.integers(-3, num_experts + 2), st.sampled_from([info.min, info.max]))
+    flat = data.draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    ids = torch.tensor(flat, dtype=dtype).reshape(shape)
+    out_shape = (shape[0], num_experts) if len(shape) == 3 else (num_experts,)
+    out = torch.full(out_shape, 3, dtype=torch.int64)
+    num_invalid = torch.full((1,), 2, dtype=torch.int64)
+    plumb.ops._deferred_device(out, num_invalid, ids)
+    bad = (ids.long() < -1) | (ids.long() >= num_experts)
+    assert int(num_invalid) == 2 + int(bad.sum())
+    assert torch.equal(out - 3, reference(ids.long().masked_fill(bad, -1), num_experts))
+    checked = torch.zeros(out_shape, dtype=torch.int64)
+    if bool(bad.any()):
+        with pytest.raises(ValueError, match="is outside"):
+            plumb.ops._accumulate_device(checked, ids)
+        assert torch.all(checked == 0)
+    else:
+        plumb.ops._accumulate_device(checked, ids)
+        assert torch.equal(checked, torch.ops.plumb.expert_histogram(ids, num_experts))
 
 
 def test_torch_compile_fullgraph():

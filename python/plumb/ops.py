@@ -11,12 +11,13 @@
 Ids are int32 or int64; -1 is padding. The checked ops raise ValueError naming the first id
 outside [0, E) and leave ``out`` unchanged. CPU tensors go to the C++ kernel without a copy
 (threads = ``torch.get_num_threads()``); every other device uses one fused ``scatter_add_``
-over all layers (ids offset by layer * E), which on CUDA costs one host sync for validation.
+over all layers (``_binned_counts``); there the checked ops cost one host sync for validation
+and the deferred op none.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 
@@ -54,27 +55,33 @@ def _check_out(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
         raise ValueError(f"out is on {out.device} but topk_ids is on {topk_ids.device}")
 
 
-def _scatter_counts(
-    topk_ids: torch.Tensor, num_experts: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused device histogram: (counts [L*E] int64, invalid mask [L, N] bool, flat ids [L, N])."""
+def _binned_counts(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """int64 [L, E + 2] per-layer counts of ``topk_ids`` ([T, k] / [N]: L = 1; [L, T, k]):
+    bin 0 counts padding (-1), bin 1 + e expert e, bin E + 1 every id outside [-1, E).
+
+    One scatter over every layer and no data-dependent shape, so nothing waits for the
+    device. Each launch costs several microseconds of host time on CUDA, hence the short
+    chain: id + 1 maps padding to 0 and experts to 1..E; clamping to [-1, E + 1] sends every
+    invalid id to -1 or E + 1, and the remainder modulo E + 2 folds -1 onto E + 1.
+    """
     num_layers = topk_ids.shape[0] if topk_ids.ndim == 3 else 1
-    flat = topk_ids.reshape(num_layers, -1).to(torch.int64)
-    in_range = (flat >= 0) & (flat < num_experts)
-    invalid = ~in_range & (flat != -1)
-    offsets = torch.arange(num_layers, device=flat.device, dtype=torch.int64).unsqueeze(1)
-    # Padding and invalid ids land in one extra bin past the end, so no id ever writes
-    # outside the buffer and no data-dependent shape forces a sync.
-    target = torch.where(in_range, flat + offsets * num_experts, num_layers * num_experts)
-    counts = torch.zeros(num_layers * num_experts + 1, dtype=torch.int64, device=flat.device)
-    counts.scatter_add_(0, target.reshape(-1), torch.ones_like(target).reshape(-1))
-    return counts[:-1], invalid, flat
+    width = num_experts + 2
+    ids = topk_ids.reshape(num_layers, -1)
+    bins = torch.empty(ids.shape, dtype=torch.int64, device=ids.device)
+    torch.add(ids, 1, out=bins)
+    bins.clamp_(-1, num_experts + 1).remainder_(width)
+    if num_layers > 1:
+        bins += torch.arange(0, num_layers * width, width, device=ids.device).unsqueeze(1)
+    counts = torch.zeros(num_layers * width, dtype=torch.int64, device=ids.device)
+    ones = torch.ones((), dtype=torch.int64, device=ids.device).expand(bins.numel())
+    counts.scatter_add_(0, bins.view(-1), ones)
+    return counts.view(num_layers, width)
 
 
-def _raise_first_invalid(invalid: torch.Tensor, flat: torch.Tensor, topk_ids: torch.Tensor,
-                         num_experts: int) -> None:
-    first = int(torch.nonzero(invalid.reshape(-1))[0, 0])
-    value = int(flat.reshape(-1)[first])
+def _raise_first_invalid(topk_ids: torch.Tensor, num_experts: int) -> None:
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    first = int(torch.nonzero((flat < -1) | (flat >= num_experts))[0, 0])
+    value = int(flat[first])
     position = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), topk_ids.shape))
     raise ValueError(
         f"expert id {value} at position {position} of ids with shape {list(topk_ids.shape)} "
@@ -84,10 +91,10 @@ def _raise_first_invalid(invalid: torch.Tensor, flat: torch.Tensor, topk_ids: to
 
 def _accumulate_device(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
     num_experts = out.shape[-1]
-    counts, invalid, flat = _scatter_counts(topk_ids, num_experts)
-    if bool(invalid.any()):
-        _raise_first_invalid(invalid, flat, topk_ids, num_experts)
-    out.add_(counts.view(out.shape))
+    counts = _binned_counts(topk_ids, num_experts)
+    if bool(counts[:, -1].any()):
+        _raise_first_invalid(topk_ids, num_experts)
+    out.add_(counts[:, 1:-1].reshape(out.shape))
 
 
 def _accumulate_cpu(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
@@ -135,9 +142,10 @@ def _histogram_inplace_fake(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
 def _deferred_device(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.Tensor) -> None:
     _check_out(out, topk_ids)
     _check_num_invalid(num_invalid, out)
-    counts, invalid, _ = _scatter_counts(topk_ids, out.shape[-1])
-    out.add_(counts.view(out.shape))
-    num_invalid.add_(invalid.sum().reshape(1))
+    counts = _binned_counts(topk_ids, out.shape[-1])
+    out.add_(counts[:, 1:-1].reshape(out.shape))
+    invalid = counts[:, -1]
+    num_invalid.add_(invalid if invalid.shape[0] == 1 else invalid.sum())
 
 
 def _deferred_cpu(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.Tensor) -> None:

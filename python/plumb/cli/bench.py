@@ -6,8 +6,8 @@ import argparse
 import importlib
 
 # plumb.bench.<name> modules expose add_arguments(parser) and run(args) -> int.
-_BENCHMARKS = ("histogram", "solve", "rearrange", "capture", "topology", "robust",
-               "moves")
+_BENCHMARKS = ("histogram", "solve", "rearrange", "capture", "capture_cuda", "topology",
+               "robust", "moves")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
