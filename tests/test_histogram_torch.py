@@ -13,7 +13,8 @@ import plumb.ops  # noqa: E402,F401
 
 def reference(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     layers = ids.reshape(ids.shape[0], -1) if ids.ndim == 3 else ids.reshape(1, -1)
-    counts = torch.stack([torch.bincount(row[row >= 0], minlength=num_experts) for row in layers])
+    rows = [torch.bincount(row[row >= 0], minlength=num_experts) for row in layers]
+    counts = torch.stack(rows) if rows else torch.zeros(0, num_experts, dtype=torch.int64)
     return counts if ids.ndim == 3 else counts[0]
 
 
@@ -110,7 +111,7 @@ def test_device_path_bins_every_id_like_the_native_kernel(data):
     dtype = data.draw(st.sampled_from([torch.int32, torch.int64]))
     info = torch.iinfo(dtype)
     num_experts = data.draw(st.integers(1, 40))
-    shape = data.draw(st.sampled_from([(7,), (5, 3), (1, 4, 2), (3, 6, 2), (0, 2)]))
+    shape = data.draw(st.sampled_from([(7,), (5, 3), (1, 4, 2), (3, 6, 2), (0, 2), (0, 2, 3), (2, 0, 3)]))
     values = st.one_of(st.integers(-3, num_experts + 2), st.sampled_from([info.min, info.max]))
     flat = data.draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
     ids = torch.tensor(flat, dtype=dtype).reshape(shape)

@@ -17,6 +17,7 @@ and the deferred op none.
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -65,8 +66,9 @@ def _binned_counts(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     invalid id to -1 or E + 1, and the remainder modulo E + 2 folds -1 onto E + 1.
     """
     num_layers = topk_ids.shape[0] if topk_ids.ndim == 3 else 1
+    per_layer = math.prod(topk_ids.shape[1:]) if topk_ids.ndim == 3 else topk_ids.numel()
     width = num_experts + 2
-    ids = topk_ids.reshape(num_layers, -1)
+    ids = topk_ids.reshape(num_layers, per_layer)
     bins = torch.empty(ids.shape, dtype=torch.int64, device=ids.device)
     torch.add(ids, 1, out=bins)
     bins.clamp_(-1, num_experts + 1).remainder_(width)
