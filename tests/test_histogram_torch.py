@@ -12,7 +12,7 @@ import plumb.ops  # noqa: E402,F401
 
 
 def reference(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    layers = ids.reshape(ids.shape[0], -1) if ids.ndim == 3 else ids.reshape(1, -1)
+    layers = ids.flatten(1) if ids.ndim == 3 else ids.reshape(1, -1)
     rows = [torch.bincount(row[row >= 0], minlength=num_experts) for row in layers]
     counts = torch.stack(rows) if rows else torch.zeros(0, num_experts, dtype=torch.int64)
     return counts if ids.ndim == 3 else counts[0]
@@ -130,6 +130,17 @@ def test_device_path_bins_every_id_like_the_native_kernel(data):
     else:
         plumb.ops._accumulate_device(checked, ids)
         assert torch.equal(checked, torch.ops.plumb.expert_histogram(ids, num_experts))
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3), (2, 0, 3), (0, 2), (0,)])
+def test_device_path_with_no_ids(shape):
+    ids = torch.zeros(shape, dtype=torch.int64)
+    out_shape = (shape[0], 5) if len(shape) == 3 else (5,)
+    out = torch.full(out_shape, 3, dtype=torch.int64)
+    num_invalid = torch.zeros(1, dtype=torch.int64)
+    plumb.ops._deferred_device(out, num_invalid, ids)
+    plumb.ops._accumulate_device(out, ids)
+    assert torch.all(out == 3) and int(num_invalid) == 0
 
 
 def test_torch_compile_fullgraph():
