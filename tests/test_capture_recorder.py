@@ -198,3 +198,101 @@ def test_import_plumb_does_not_import_torch_but_exports_capture():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "attach"
     assert {"Recorder", "attach", "profile"} <= set(plumb.__all__)
+
+
+@pytest.fixture
+def accelerator_path(monkeypatch):
+    """CPU Recorders take the accelerator path (staged ids, deferred validation)."""
+    monkeypatch.setattr(Recorder, "_accelerated", staticmethod(lambda device: True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_staged_ids_count_exactly_like_the_direct_path(data):
+    # Calls of every size around the staged row (2048 ids), several per layer and step so
+    # that rows fill up mid-step, int32 and int64, and reads mid-step.
+    import plumb.capture.recorder as recorder_module
+
+    num_layers, num_experts = 3, 7
+    saved = Recorder.__dict__["_accelerated"]
+    Recorder._accelerated = staticmethod(lambda device: True)
+    try:
+        staged = Recorder(num_layers, num_experts, window=3, device="cpu")
+    finally:
+        Recorder._accelerated = saved
+    direct = Recorder(num_layers, num_experts, window=3)
+    assert staged._staged is not None and direct._staged is None
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    sizes = st.sampled_from([1, 5, 64, 1000, recorder_module.STAGED_IDS // 8, 300, 257 * 8])
+    for _ in range(data.draw(st.integers(1, 5))):
+        for _ in range(data.draw(st.integers(0, 6))):
+            layer = data.draw(st.integers(0, num_layers - 1))
+            ids = torch.randint(-1, num_experts, (data.draw(sizes), 1), generator=gen)
+            ids = ids.to(data.draw(st.sampled_from([torch.int32, torch.int64])))
+            staged.record(layer, ids)
+            direct.record(layer, ids)
+        if data.draw(st.booleans()):
+            assert torch.equal(staged.current(), direct.current())
+            assert torch.equal(staged.totals(), direct.totals())
+        staged.step()
+        direct.step()
+    assert torch.equal(staged.window(), direct.window())
+    assert torch.equal(staged.totals(), direct.totals())
+
+
+def test_staged_path_checks_ids_and_raises_bad_ones_on_read(accelerator_path):
+    rec = Recorder(2, 4)
+    rec.record(0, torch.tensor([[0, 1]]))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        rec.record(0, torch.tensor([[0.0]]))
+    with pytest.raises(InputError, match="layer 1: out is on cpu but topk_ids is on meta"):
+        rec.record(1, torch.zeros(2, 2, dtype=torch.int64, device="meta"))
+    assert rec.current()[0].tolist() == [1, 1, 0, 0]
+    rec.record(1, torch.tensor([[3, 9], [-5, -1]]))
+    with pytest.raises(InputError, match="2 recorded expert ids were outside"):
+        rec.current()
+    rec.reset()
+    rec.record(1, torch.tensor([[3, 2]]))
+    rec.reset()
+    assert rec.current().sum() == 0 and rec.steps == 0
+
+
+def test_staged_record_launches_one_copy(accelerator_path):
+    # On the meta device every op is what a GPU would launch: record() is one copy into the
+    # staged row; step() counts every layer at once.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    rec = Recorder(58, 256, device="meta")
+    ids = torch.empty(64, 8, dtype=torch.int64, device="meta")
+    with Ops() as ops:
+        rec.record(3, ids)
+    assert [n for n in ops.names if n not in ("aten.select", "aten.slice", "aten.view")] \
+        == ["aten.copy_"]
+    with Ops() as ops:
+        rec.step()
+    assert ops.names.count("plumb.expert_histogram_deferred_") == 1
+
+
+def test_record_under_torch_compile_counts_at_once(accelerator_path):
+    rec = Recorder(2, 8, device="cpu")
+
+    @torch.compile(backend="aot_eager")
+    def forward(ids):
+        rec.record(0, ids)
+        return ids.sum()
+
+    ids = torch.randint(0, 8, (16, 2), generator=torch.Generator().manual_seed(4))
+    for _ in range(3):
+        forward(ids)
+    # Traced code must not bake the host-side fill counters in: the direct path ran.
+    assert rec._staged_fill == [0, 0]
+    assert torch.equal(rec.current()[0], 3 * torch.bincount(ids.reshape(-1), minlength=8))

@@ -125,6 +125,33 @@ def test_recorder_on_cuda_matches_cpu_and_never_syncs():
         assert torch.equal(getattr(cuda, read)().cpu(), getattr(cpu, read)()), read
 
 
+def test_staged_recorder_on_cuda_matches_cpu_and_never_syncs():
+    # No per-source counts (what plumb.attach records): ids are staged and counted at step().
+    num_layers, num_experts = 5, 24
+    cuda = plumb.Recorder(num_layers, num_experts, window=3, device=CUDA)
+    cpu = plumb.Recorder(num_layers, num_experts, window=3, device="cpu")
+    assert cuda._staged is not None
+    gen = torch.Generator().manual_seed(10)
+    sizes = (1, 64, 300, 2048, 2049, 5000)
+    steps = [[torch.randint(-1, num_experts, (sizes[(s + layer) % len(sizes)],), generator=gen)
+              for layer in range(num_layers)] for s in range(6)]
+    on_device = [[ids.to(CUDA, torch.int32) for ids in layers] for layers in steps]
+    torch.cuda.synchronize()
+    with no_host_sync():
+        for layers in on_device:
+            for layer, ids in enumerate(layers):
+                cuda.record(layer, ids)
+                cuda.record(layer, ids[: len(ids) // 2])
+            cuda.step()
+    for layers in steps:
+        for layer, ids in enumerate(layers):
+            cpu.record(layer, ids)
+            cpu.record(layer, ids[: len(ids) // 2])
+        cpu.step()
+    for read in ("window", "loads", "totals", "current"):
+        assert torch.equal(getattr(cuda, read)().cpu(), getattr(cpu, read)()), read
+
+
 def test_recorder_reports_bad_cuda_ids_on_read():
     rec = plumb.Recorder(1, 4, device=CUDA)
     ids = torch.tensor([[0, 7], [1, 3]]).to(CUDA)
@@ -219,8 +246,8 @@ def test_bench_capture_cuda_writes_its_section(tmp_path, capsys):
     results = tmp_path / "RESULTS.md"
     assert main(["bench", "capture_cuda", "--quick", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    for row in ("| decode [64, 8] | int32 |", "| prefill [8192, 8] | int64 |", "| eager |",
-                "| CUDA graph replay |"):
+    for row in ("| decode [64, 8] | int32 |", "| prefill [8192, 8] | int64 |",
+                "| eager | none |", "| CUDA graph replay | 8 sources |"):
         assert row in out, row
     assert "met (no synchronising call)" in out
     assert "## capture_cuda\n\nCommand: `python benchmarks/bench_capture_cuda.py --quick`" \

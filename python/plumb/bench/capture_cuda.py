@@ -8,8 +8,8 @@ the wall time of ``CALLS`` back-to-back calls ended by a device synchronisation,
 ``CALLS`` (the device work included). torch.bincount on CUDA reads the largest id back to size
 its output, so the baseline waits for the device on every call; record() never does.
 Forward: record() for each of L = 58 layers plus one step() (a DeepSeek-V3 decode step of 64
-tokens), eager and replayed from a captured CUDA graph (record() is graph-safe; step() runs
-outside the graph).
+tokens), without and with per-source counts, eager and replayed from a captured CUDA graph
+(record() is graph-safe; step() runs outside the graph).
 Host sync: the forward's record() and step() calls (per-source counts on) under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronising call.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..errors import PlumbError
 from .results import bench_command, markdown_table, median_seconds, write_section
@@ -29,6 +29,7 @@ NUM_LAYERS = 58
 TOP_K = 8
 CALLS = 2000
 RECORD_CASES = (("decode", 64), ("decode", 256), ("prefill", 8192))
+SOURCES = (None, 8)  # per-source counts of the decode-step rows: off (plumb.attach), 8 ranks
 ROUNDS = 5
 
 
@@ -84,8 +85,9 @@ def _record_rows(calls: int) -> List[list]:
     return rows
 
 
-def _decode_step(num_sources: int = 8) -> Tuple[Any, Any, Callable[[], None]]:
-    """(recorder, ids [L, 64, 8] on CUDA, one forward's record() calls) for DeepSeek-V3 decode."""
+def _decode_step(num_sources: Optional[int]) -> Tuple[Any, Callable[[], None]]:
+    """(recorder, one forward's record() calls on CUDA ids [64, 8] per layer) for a
+    DeepSeek-V3 decode step; ``num_sources`` None is what ``plumb.attach`` records."""
     import torch
 
     from ..capture import Recorder
@@ -98,63 +100,72 @@ def _decode_step(num_sources: int = 8) -> Tuple[Any, Any, Callable[[], None]]:
 
     def record_layers() -> None:
         for layer, layer_ids in enumerate(layers):
-            recorder.record(layer, layer_ids, source=layer % num_sources)
+            if num_sources is None:
+                recorder.record(layer, layer_ids)
+            else:
+                recorder.record(layer, layer_ids, source=layer % num_sources)
 
-    return recorder, ids, record_layers
+    return recorder, record_layers
 
 
 def _syncs_with_host() -> bool:
-    """Whether one forward's record() calls and step() synchronise with the device."""
+    """Whether one forward's record() calls and step() synchronise with the device, with
+    and without per-source counts."""
     import torch
 
-    recorder, _, record_layers = _decode_step()
-    record_layers()
-    recorder.step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    for num_sources in SOURCES:
+        recorder, record_layers = _decode_step(num_sources)
         record_layers()
         recorder.step()
-    except RuntimeError as error:
-        if "synchroniz" not in str(error).lower():
-            raise
-        return True
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            record_layers()
+            recorder.step()
+        except RuntimeError as error:
+            if "synchroniz" not in str(error).lower():
+                raise
+            return True
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     return False
 
 
 def _forward_rows(calls: int) -> Tuple[List[list], float]:
-    """Eager and graph-replayed record() of 58 layers plus step(): rows, step() seconds."""
+    """Eager and graph-replayed record() of 58 layers plus step(), with and without
+    per-source counts: rows, and step() seconds (no sources)."""
     import torch
 
-    recorder, _, record_layers = _decode_step()
-    step_time = _per_call(recorder.step, calls)
-
-    def eager() -> None:
-        record_layers()
-        recorder.step()
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        record_layers()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        record_layers()
-
-    def replayed() -> None:
-        graph.replay()
-        recorder.step()
-
+    rows, step_time = [], 0.0
     forward_calls = max(20, calls // NUM_LAYERS)
-    rows = []
-    for name, fn in (("eager", eager), ("CUDA graph replay", replayed)):
-        host = median_seconds(fn, forward_calls)
-        per_call = _per_call(fn, forward_calls)
-        rows.append([name, f"{host * 1e6:.1f}", f"{per_call * 1e6:.1f}",
-                     f"{per_call / NUM_LAYERS * 1e6:.2f}"])
+    for num_sources in SOURCES:
+        recorder, record_layers = _decode_step(num_sources)
+        if num_sources is None:
+            step_time = _per_call(recorder.step, calls)
+
+        def eager() -> None:
+            record_layers()
+            recorder.step()
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            record_layers()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            record_layers()
+
+        def replayed() -> None:
+            graph.replay()
+            recorder.step()
+
+        counts = "none" if num_sources is None else f"{num_sources} sources"
+        for name, fn in (("eager", eager), ("CUDA graph replay", replayed)):
+            host = median_seconds(fn, forward_calls)
+            per_call = _per_call(fn, forward_calls)
+            rows.append([name, counts, f"{host * 1e6:.1f}", f"{per_call * 1e6:.1f}",
+                         f"{per_call / NUM_LAYERS * 1e6:.2f}"])
     return rows, step_time
 
 
@@ -175,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
         ["record() ids", "dtype", "plumb host us", "plumb per call us", "bincount host us",
          "bincount per call us", "bincount / plumb per call"], record_rows)
     forward = markdown_table(
-        [f"{NUM_LAYERS} x record() + step()", "host us", "per forward us",
-         "per layer us"], forward_rows)
+        [f"{NUM_LAYERS} x record() + step()", "per-source counts", "host us",
+         "per forward us", "per layer us"], forward_rows)
     text = "\n".join([
         f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}.", "",
         f"One `Recorder.record(layer, ids)` call on CUDA ids, E = {NUM_EXPERTS}, against "
@@ -185,9 +196,11 @@ def run(args: argparse.Namespace) -> int:
         "by a device synchronisation, per call (fastest of "
         f"{ROUNDS} rounds of {calls}).", "", record, "",
         f"One DeepSeek-V3 decode step on CUDA: record() of {NUM_LAYERS} layers (64 tokens, "
-        "top-8, per-source counts for 8 sources) plus `step()` (W = 1000), eager and with the "
-        "record() calls replayed from a captured CUDA graph:", "", forward, "",
-        f"`Recorder.step()` alone: {step_time * 1e6:.1f} us per step.", "",
+        "top-8) plus `step()` (W = 1000), without per-source counts (what `plumb.attach` "
+        "records: eager calls stage their ids and step() counts all layers at once) and with "
+        "them for 8 sources (one histogram per call), eager and with the record() calls "
+        "replayed from a captured CUDA graph (one histogram per call):", "", forward, "",
+        f"`Recorder.step()` alone (no sources, nothing staged): {step_time * 1e6:.1f} us.", "",
         "- no host sync on CUDA tensors: a forward's record() calls and step() under "
         "`torch.cuda.set_sync_debug_mode(\"error\")` — "
         + ("**NOT met** (a synchronising call happened)" if syncs else

@@ -7,8 +7,17 @@ Layout (all int64, on one device, allocated at the first ``record`` unless ``dev
 ``totals``   [L, E]     every count since construction or ``reset``, never capped.
 ``traffic``  [L, G, E]  optional per-source counts (G = ``num_sources``), since construction.
 
-``record`` writes into a fixed view of ``current`` (one in-place histogram op, no allocation,
-no host sync), which is also what makes it safe inside a captured CUDA graph: replays keep
+``staged``   [L, S]     accelerators only: ids of the step in progress not counted yet (-1 pad).
+
+On the CPU ``record`` adds to a fixed view of ``current`` with the native kernel. On
+accelerators every kernel launch costs host time (about 20 us each on the H200 host of
+RESULTS.md's capture_cuda section, and a histogram takes about 8), so ``record`` only copies
+its ids into the layer's row of ``staged`` (one launch) and ``step()`` counts every layer's
+staged ids at once with one fused histogram (readers add them to what they return without
+consuming them). Calls with more than S ids, per-source accounting, CUDA-graph
+capture and torch.compile tracing take the direct path instead: one in-place histogram op
+per call into ``current``. Neither path allocates per call or waits for the device; the
+direct one is what makes ``record`` safe inside a captured CUDA graph: replays keep
 accumulating into the same address, and ``step()`` (outside the graph) rolls it into the ring.
 """
 
@@ -27,6 +36,18 @@ __all__ = ["Recorder"]
 
 _histogram_ = torch.ops.plumb.expert_histogram_
 _histogram_deferred_ = torch.ops.plumb.expert_histogram_deferred_
+
+# Ids one layer may stage per step on an accelerator (S above): decode steps of up to 256
+# tokens x top-8 fit; larger calls amortise their launches over many ids anyway.
+STAGED_IDS = 2048
+
+
+def _direct_only(topk_ids: torch.Tensor) -> bool:
+    """Whether ``record`` must count ``topk_ids`` at once: inside torch.compile tracing
+    (host-side fill counters would be baked into the graph) or CUDA-graph capture (a replay
+    must add its counts, not copy ids into a row that ``step()`` never sees between replays)."""
+    return torch.compiler.is_compiling() or (topk_ids.is_cuda
+                                             and torch.cuda.is_current_stream_capturing())
 
 
 class Recorder:
@@ -66,6 +87,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._device: Optional[torch.device] = None
         self._current: Optional[torch.Tensor] = None
+        self._staged: Optional[torch.Tensor] = None
         if device is not None:
             self._allocate(torch.device(device))
 
@@ -85,8 +107,19 @@ class Recorder:
                                         dtype=torch.int64, device=device)
         # The checked op validates ids with a host sync on accelerators; there the deferred
         # op skips bad ids and counts them on the device instead, checked when read back.
-        self._deferred = device.type != "cpu"
+        self._deferred = self._accelerated(device)
         self._num_invalid = torch.zeros(1, dtype=torch.int64, device=device)
+        self._staged = None
+        self._staged_fill = [0] * self.num_layers
+        if self._deferred:
+            self._staged = torch.full((self.num_layers, STAGED_IDS), -1, dtype=torch.int64,
+                                      device=device)
+
+    @staticmethod
+    def _accelerated(device: torch.device) -> bool:
+        """Whether buffers on ``device`` take the accelerator path (staged ids, deferred
+        validation) rather than the CPU's native kernel."""
+        return device.type != "cpu"
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -117,6 +150,10 @@ class Recorder:
             raise InputError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if self._current is None:
             self._allocate(topk_ids.device)
+        if (self._staged is not None and self._traffic is None
+                and topk_ids.numel() <= STAGED_IDS and not _direct_only(topk_ids)):
+            self._stage(layer, topk_ids)
+            return
         if topk_ids.ndim != 2:
             topk_ids = topk_ids.reshape(-1)
         try:
@@ -140,6 +177,33 @@ class Recorder:
         else:
             _histogram_(target, topk_ids)
 
+    def _stage(self, layer: int, topk_ids: torch.Tensor) -> None:
+        """Copy ``topk_ids`` into ``layer``'s staged row (counting every staged row first
+        when it is full); the checks the histogram op would make come first."""
+        if topk_ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"topk_ids must have dtype int32 or int64, got {topk_ids.dtype}")
+        if topk_ids.device != self._device:
+            raise InputError(f"layer {layer}: out is on {self._device} but topk_ids is on "
+                             f"{topk_ids.device}")
+        count = topk_ids.numel()
+        start = self._staged_fill[layer]
+        if start + count > STAGED_IDS:
+            self._count_staged()
+            start = 0
+        self._staged[layer, start:start + count].copy_(topk_ids.reshape(-1))
+        self._staged_fill[layer] = start + count
+
+    def _count_staged(self) -> None:
+        """Add every staged id to ``current`` (one fused histogram over all layers; invalid
+        ids are skipped and counted, as on the direct path) and empty the rows."""
+        used = max(self._staged_fill)
+        if used == 0:
+            return
+        block = self._staged[:, :used]
+        _histogram_deferred_(self._current, self._num_invalid, block.unsqueeze(-1))
+        block.fill_(-1)
+        self._staged_fill = [0] * self.num_layers
+
     def step(self) -> None:
         """Close the current step: move it into the ring (dropping the oldest) and the totals.
 
@@ -149,6 +213,8 @@ class Recorder:
             if self._current is None:
                 self.steps += 1
                 return
+            if self._staged is not None:
+                self._count_staged()
             self._ring[self.steps % self.window_size].copy_(self._current)
             self._totals.add_(self._current)
             self._current.zero_()
@@ -156,12 +222,27 @@ class Recorder:
 
     # -- readers (device tensors; on accelerators they check the deferred invalid-id count) --
 
-    def _check_invalid(self) -> None:
+    def _check_invalid(self, num_invalid: Optional[torch.Tensor] = None) -> None:
+        """Raise if ``num_invalid`` (default: the recorded count) says some id was invalid."""
         if self._deferred:
-            bad = int(self._num_invalid.item())
+            bad = int((self._num_invalid if num_invalid is None else num_invalid).item())
             if bad:
                 raise InputError(f"{bad} recorded expert ids were outside [0, {self.num_experts}) "
                                  "and were skipped; the counts are incomplete")
+
+    def _current_counts(self) -> torch.Tensor:
+        """int64 [L, E]: ``current`` plus the ids still staged (a new tensor). Readers leave
+        the staged rows alone, so a reader thread never races the recording thread over
+        them; ``step()`` is what consumes them."""
+        counts = self._current.clone()
+        used = max(self._staged_fill) if self._staged is not None else 0
+        if used == 0:
+            self._check_invalid()
+            return counts
+        num_invalid = self._num_invalid.clone()
+        _histogram_deferred_(counts, num_invalid, self._staged[:, :used].unsqueeze(-1))
+        self._check_invalid(num_invalid)
+        return counts
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=torch.int64, device=self._device or "cpu")
@@ -192,8 +273,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_experts)
-            self._check_invalid()
-            return self._current.clone()
+            return self._current_counts()
 
     def totals(self) -> torch.Tensor:
         """int64 ``[L, E]`` all counts since construction or ``reset()``, current step included;
@@ -201,8 +281,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_experts)
-            self._check_invalid()
-            return self._totals + self._current
+            return self._totals + self._current_counts()
 
     def traffic(self) -> torch.Tensor:
         """int64 ``[L, G, E]`` tokens each source sent to each expert, since construction or
@@ -223,6 +302,9 @@ class Recorder:
                 return
             for buffer in (self._current, self._ring, self._totals, self._num_invalid):
                 buffer.zero_()
+            if self._staged is not None:
+                self._staged.fill_(-1)
+                self._staged_fill = [0] * self.num_layers
             if self._traffic is not None:
                 self._traffic.zero_()
 
@@ -255,7 +337,8 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 self._allocate(device)
-            self._check_invalid()
+            # Raises on invalid ids before any collective, so no rank is left waiting.
+            current = self._current_counts()
             shape_key = [self.num_layers, self.num_experts, self.window_size,
                          self.num_sources or 0, self.steps]
             # MAX of (x, -x) gives max and -min in one collective.
@@ -268,7 +351,7 @@ class Recorder:
                 diffs = ", ".join(f"{n} in [{lo}, {hi}]" for n, lo, hi in zip(names, lows, highs)
                                   if lo != hi)
                 raise InputError(f"all_reduce: ranks disagree on {diffs}")
-            parts = [self._ring, self._current, self._totals]
+            parts = [self._ring, current, self._totals]
             if self._traffic is not None:
                 parts.append(self._traffic)
             flat = torch.cat([part.reshape(-1) for part in parts])
