@@ -216,11 +216,12 @@ def test_staged_ids_count_exactly_like_the_direct_path(data):
     num_layers, num_experts = 3, 7
     saved = Recorder.__dict__["_accelerated"]
     Recorder._accelerated = staticmethod(lambda device: True)
+    sources = data.draw(st.sampled_from([None, 3]))
     try:
-        staged = Recorder(num_layers, num_experts, window=3, device="cpu")
+        staged = Recorder(num_layers, num_experts, window=3, device="cpu", num_sources=sources)
     finally:
         Recorder._accelerated = saved
-    direct = Recorder(num_layers, num_experts, window=3)
+    direct = Recorder(num_layers, num_experts, window=3, num_sources=sources)
     assert staged._staged is not None and direct._staged is None
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     sizes = st.sampled_from([1, 5, 64, 1000, recorder_module.STAGED_IDS // 8, 300, 257 * 8])
@@ -229,15 +230,20 @@ def test_staged_ids_count_exactly_like_the_direct_path(data):
             layer = data.draw(st.integers(0, num_layers - 1))
             ids = torch.randint(-1, num_experts, (data.draw(sizes), 1), generator=gen)
             ids = ids.to(data.draw(st.sampled_from([torch.int32, torch.int64])))
-            staged.record(layer, ids)
-            direct.record(layer, ids)
+            source = None if sources is None else data.draw(st.integers(0, sources - 1))
+            staged.record(layer, ids, source=source)
+            direct.record(layer, ids, source=source)
         if data.draw(st.booleans()):
             assert torch.equal(staged.current(), direct.current())
             assert torch.equal(staged.totals(), direct.totals())
+            if sources is not None:
+                assert torch.equal(staged.traffic(), direct.traffic())
         staged.step()
         direct.step()
     assert torch.equal(staged.window(), direct.window())
     assert torch.equal(staged.totals(), direct.totals())
+    if sources is not None:
+        assert torch.equal(staged.traffic(), direct.traffic())
 
 
 def test_staged_path_checks_ids_and_raises_bad_ones_on_read(accelerator_path):
@@ -255,6 +261,21 @@ def test_staged_path_checks_ids_and_raises_bad_ones_on_read(accelerator_path):
     rec.record(1, torch.tensor([[3, 2]]))
     rec.reset()
     assert rec.current().sum() == 0 and rec.steps == 0
+
+
+def test_staged_per_source_counts_skip_bad_ids_once(accelerator_path):
+    rec = Recorder(1, 4, num_sources=2)
+    rec.record(0, torch.tensor([[3, 9], [-5, 1]]), source=1)
+    rec.record(0, torch.tensor([[0, -1]]), source=0)
+    with pytest.raises(InputError, match="^2 recorded expert ids were outside"):
+        rec.traffic()
+    with pytest.raises(InputError, match="source must be an int in"):
+        rec.record(0, torch.tensor([[0]]), source=2)
+    rec._num_invalid.zero_()
+    rec.step()
+    rec._num_invalid.zero_()
+    assert rec.traffic()[0].tolist() == [[1, 0, 0, 0], [0, 1, 0, 1]]
+    assert rec.window()[0, 0].tolist() == [1, 1, 0, 1]
 
 
 def test_staged_record_launches_one_copy(accelerator_path):

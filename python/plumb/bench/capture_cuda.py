@@ -197,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         f"{ROUNDS} rounds of {calls}).", "", record, "",
         f"One DeepSeek-V3 decode step on CUDA: record() of {NUM_LAYERS} layers (64 tokens, "
         "top-8) plus `step()` (W = 1000), without per-source counts (what `plumb.attach` "
-        "records: eager calls stage their ids and step() counts all layers at once) and with "
-        "them for 8 sources (one histogram per call), eager and with the record() calls "
-        "replayed from a captured CUDA graph (one histogram per call):", "", forward, "",
+        "records) and with them for 8 sources; eager (record() stages its ids, step() counts "
+        "every layer at once) and with the record() calls replayed from a captured CUDA graph "
+        "(one histogram per call):", "", forward, "",
         f"`Recorder.step()` alone (no sources, nothing staged): {step_time * 1e6:.1f} us.", "",
         "- no host sync on CUDA tensors: a forward's record() calls and step() under "
         "`torch.cuda.set_sync_debug_mode(\"error\")` — "

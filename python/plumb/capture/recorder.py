@@ -12,19 +12,20 @@ Layout (all int64, on one device, allocated at the first ``record`` unless ``dev
 On the CPU ``record`` adds to a fixed view of ``current`` with the native kernel. On
 accelerators every kernel launch costs host time (about 20 us each on the H200 host of
 RESULTS.md's capture_cuda section, and a histogram takes about 8), so ``record`` only copies
-its ids into the layer's row of ``staged`` (one launch) and ``step()`` counts every layer's
-staged ids at once with one fused histogram (readers add them to what they return without
-consuming them). Calls with more than S ids, per-source accounting, CUDA-graph
-capture and torch.compile tracing take the direct path instead: one in-place histogram op
-per call into ``current``. Neither path allocates per call or waits for the device; the
-direct one is what makes ``record`` safe inside a captured CUDA graph: replays keep
-accumulating into the same address, and ``step()`` (outside the graph) rolls it into the ring.
+its ids into the layer's row of ``staged`` (one launch; with per-source accounting a second
+one writes their source beside them) and ``step()`` counts every layer's staged ids at once
+with one fused histogram (readers add them to what they return without consuming them).
+Calls with more than S ids, CUDA-graph capture and torch.compile tracing take the direct
+path instead: one in-place histogram op per call into ``current`` (and one into
+``traffic``). Neither path allocates per call or waits for the device; the direct one is
+what makes ``record`` safe inside a captured CUDA graph: replays keep accumulating into the
+same address, and ``step()`` (outside the graph) rolls it into the ring.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -110,10 +111,14 @@ class Recorder:
         self._deferred = self._accelerated(device)
         self._num_invalid = torch.zeros(1, dtype=torch.int64, device=device)
         self._staged = None
+        self._staged_source = None
         self._staged_fill = [0] * self.num_layers
         if self._deferred:
             self._staged = torch.full((self.num_layers, STAGED_IDS), -1, dtype=torch.int64,
                                       device=device)
+            if self._traffic is not None:
+                # The source of each staged id (read only where the id is an expert).
+                self._staged_source = torch.zeros_like(self._staged)
 
     @staticmethod
     def _accelerated(device: torch.device) -> bool:
@@ -150,9 +155,9 @@ class Recorder:
             raise InputError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if self._current is None:
             self._allocate(topk_ids.device)
-        if (self._staged is not None and self._traffic is None
-                and topk_ids.numel() <= STAGED_IDS and not _direct_only(topk_ids)):
-            self._stage(layer, topk_ids)
+        if (self._staged is not None and topk_ids.numel() <= STAGED_IDS
+                and not _direct_only(topk_ids)):
+            self._stage(layer, topk_ids, self._source_of(source))
             return
         if topk_ids.ndim != 2:
             topk_ids = topk_ids.reshape(-1)
@@ -166,20 +171,28 @@ class Recorder:
         except ValueError as err:
             raise InputError(f"layer {layer}: {err}") from None
 
-    def _record_source(self, layer: int, topk_ids: torch.Tensor, source: Optional[int]) -> None:
+    def _source_of(self, source: Optional[int]) -> int:
+        """The checked source rank of a record() call (``self.source`` when None); 0 when
+        per-source accounting is off."""
+        if self._traffic is None:
+            return 0
         if source is None:
-            source = self.source
-        elif type(source) is not int or not 0 <= source < self.num_sources:
+            return self.source
+        if type(source) is not int or not 0 <= source < self.num_sources:
             raise InputError(f"source must be an int in [0, {self.num_sources}), got {source!r}")
-        target = self._traffic[layer, source]
+        return source
+
+    def _record_source(self, layer: int, topk_ids: torch.Tensor, source: Optional[int]) -> None:
+        target = self._traffic[layer, self._source_of(source)]
         if self._deferred:
             _histogram_deferred_(target, self._num_invalid, topk_ids)
         else:
             _histogram_(target, topk_ids)
 
-    def _stage(self, layer: int, topk_ids: torch.Tensor) -> None:
-        """Copy ``topk_ids`` into ``layer``'s staged row (counting every staged row first
-        when it is full); the checks the histogram op would make come first."""
+    def _stage(self, layer: int, topk_ids: torch.Tensor, source: int) -> None:
+        """Copy ``topk_ids`` (and, with per-source accounting, their ``source``) into
+        ``layer``'s staged row, counting every staged row first when it is full; the checks
+        the histogram op would make come first."""
         if topk_ids.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"topk_ids must have dtype int32 or int64, got {topk_ids.dtype}")
         if topk_ids.device != self._device:
@@ -191,17 +204,33 @@ class Recorder:
             self._count_staged()
             start = 0
         self._staged[layer, start:start + count].copy_(topk_ids.reshape(-1))
+        if self._staged_source is not None:
+            self._staged_source[layer, start:start + count].fill_(source)
         self._staged_fill[layer] = start + count
 
+    def _add_staged(self, current: torch.Tensor, traffic: Optional[torch.Tensor],
+                    num_invalid: torch.Tensor, used: int) -> None:
+        """Add the first ``used`` staged ids of every layer to ``current`` [L, E] and, with
+        per-source accounting, ``traffic`` [L, G, E] (one fused histogram each; invalid ids
+        are skipped and counted into ``num_invalid`` once, as on the direct path)."""
+        ids = self._staged[:, :used]
+        _histogram_deferred_(current, num_invalid, ids.unsqueeze(-1))
+        if traffic is None:
+            return
+        # Expert e from source s is bin s * E + e of the layer's [G * E] row; padding and
+        # invalid ids (already counted above) become padding.
+        is_expert = (ids >= 0) & (ids < self.num_experts)
+        codes = torch.where(is_expert, self._staged_source[:, :used] * self.num_experts + ids, -1)
+        _histogram_deferred_(traffic.view(self.num_layers, -1), num_invalid,
+                             codes.unsqueeze(-1))
+
     def _count_staged(self) -> None:
-        """Add every staged id to ``current`` (one fused histogram over all layers; invalid
-        ids are skipped and counted, as on the direct path) and empty the rows."""
+        """Add every staged id to the buffers and empty the staged rows."""
         used = max(self._staged_fill)
         if used == 0:
             return
-        block = self._staged[:, :used]
-        _histogram_deferred_(self._current, self._num_invalid, block.unsqueeze(-1))
-        block.fill_(-1)
+        self._add_staged(self._current, self._traffic, self._num_invalid, used)
+        self._staged[:, :used].fill_(-1)
         self._staged_fill = [0] * self.num_layers
 
     def step(self) -> None:
@@ -230,19 +259,21 @@ class Recorder:
                 raise InputError(f"{bad} recorded expert ids were outside [0, {self.num_experts}) "
                                  "and were skipped; the counts are incomplete")
 
-    def _current_counts(self) -> torch.Tensor:
-        """int64 [L, E]: ``current`` plus the ids still staged (a new tensor). Readers leave
-        the staged rows alone, so a reader thread never races the recording thread over
-        them; ``step()`` is what consumes them."""
-        counts = self._current.clone()
+    def _in_progress(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(``current`` int64 [L, E], ``traffic`` int64 [L, G, E] or None) with the ids
+        still staged added: new tensors; raises if any recorded id was invalid. Readers
+        leave the staged rows alone, so a reader thread never races the recording thread
+        over them; ``step()`` is what consumes them."""
+        current = self._current.clone()
+        traffic = None if self._traffic is None else self._traffic.clone()
         used = max(self._staged_fill) if self._staged is not None else 0
         if used == 0:
             self._check_invalid()
-            return counts
+            return current, traffic
         num_invalid = self._num_invalid.clone()
-        _histogram_deferred_(counts, num_invalid, self._staged[:, :used].unsqueeze(-1))
+        self._add_staged(current, traffic, num_invalid, used)
         self._check_invalid(num_invalid)
-        return counts
+        return current, traffic
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=torch.int64, device=self._device or "cpu")
@@ -273,7 +304,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_experts)
-            return self._current_counts()
+            return self._in_progress()[0]
 
     def totals(self) -> torch.Tensor:
         """int64 ``[L, E]`` all counts since construction or ``reset()``, current step included;
@@ -281,7 +312,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_experts)
-            return self._totals + self._current_counts()
+            return self._totals + self._in_progress()[0]
 
     def traffic(self) -> torch.Tensor:
         """int64 ``[L, G, E]`` tokens each source sent to each expert, since construction or
@@ -291,8 +322,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_sources, self.num_experts)
-            self._check_invalid()
-            return self._traffic.clone()
+            return self._in_progress()[1]
 
     def reset(self) -> None:
         """Forget every count and step (buffers stay allocated, views stay valid)."""
@@ -338,7 +368,7 @@ class Recorder:
             if self._current is None:
                 self._allocate(device)
             # Raises on invalid ids before any collective, so no rank is left waiting.
-            current = self._current_counts()
+            current, traffic = self._in_progress()
             shape_key = [self.num_layers, self.num_experts, self.window_size,
                          self.num_sources or 0, self.steps]
             # MAX of (x, -x) gives max and -min in one collective.
@@ -352,8 +382,8 @@ class Recorder:
                                   if lo != hi)
                 raise InputError(f"all_reduce: ranks disagree on {diffs}")
             parts = [self._ring, current, self._totals]
-            if self._traffic is not None:
-                parts.append(self._traffic)
+            if traffic is not None:
+                parts.append(traffic)
             flat = torch.cat([part.reshape(-1) for part in parts])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         result = Recorder(self.num_layers, self.num_experts, self.window_size, device,
