@@ -214,13 +214,11 @@ def test_staged_ids_count_exactly_like_the_direct_path(data):
     import plumb.capture.recorder as recorder_module
 
     num_layers, num_experts = 3, 7
-    saved = Recorder.__dict__["_accelerated"]
-    Recorder._accelerated = staticmethod(lambda device: True)
     sources = data.draw(st.sampled_from([None, 3]))
-    try:
+    # Hypothesis runs the body many times per test: a patch per example, not the fixture.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Recorder, "_accelerated", staticmethod(lambda device: True))
         staged = Recorder(num_layers, num_experts, window=3, device="cpu", num_sources=sources)
-    finally:
-        Recorder._accelerated = saved
     direct = Recorder(num_layers, num_experts, window=3, num_sources=sources)
     assert staged._staged is not None and direct._staged is None
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))

@@ -40,7 +40,9 @@ def _out_shape(topk_ids: torch.Tensor, num_experts: int) -> List[int]:
     return [topk_ids.shape[0], num_experts] if topk_ids.ndim == 3 else [num_experts]
 
 
-def _check_out(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+def check_out(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    """The checks of the in-place ops: int32/int64 ids of 1-3 dims, int64 ``out`` of shape
+    [E] (or [L, E] for [L, T, k] ids) on the ids' device; TypeError / ValueError otherwise."""
     _check_ids(topk_ids)
     if out.dtype != torch.int64:
         raise TypeError(f"out must have dtype int64, got {out.dtype}")
@@ -128,21 +130,21 @@ def _histogram_fake(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
 
 
 def _histogram_inplace_device(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
     _accumulate_device(out, topk_ids)
 
 
 def _histogram_inplace_cpu(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
     _accumulate_cpu(out, topk_ids)
 
 
 def _histogram_inplace_fake(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
 
 
 def _deferred_device(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
     _check_num_invalid(num_invalid, out)
     counts = _binned_counts(topk_ids, out.shape[-1])
     out.add_(counts[:, 1:-1].reshape(out.shape))
@@ -151,7 +153,7 @@ def _deferred_device(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: tor
 
 
 def _deferred_cpu(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
     _check_num_invalid(num_invalid, out)
     try:
         _accumulate_cpu(out, topk_ids)
@@ -162,7 +164,7 @@ def _deferred_cpu(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.
 
 
 def _deferred_fake(out: torch.Tensor, num_invalid: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    _check_out(out, topk_ids)
+    check_out(out, topk_ids)
     _check_num_invalid(num_invalid, out)
 
 

@@ -100,10 +100,8 @@ def _decode_step(num_sources: Optional[int]) -> Tuple[Any, Callable[[], None]]:
 
     def record_layers() -> None:
         for layer, layer_ids in enumerate(layers):
-            if num_sources is None:
-                recorder.record(layer, layer_ids)
-            else:
-                recorder.record(layer, layer_ids, source=layer % num_sources)
+            recorder.record(layer, layer_ids,
+                            source=None if num_sources is None else layer % num_sources)
 
     return recorder, record_layers
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import ops  # noqa: F401  (registers torch.ops.plumb.*)
+from .. import ops  # also registers torch.ops.plumb.*
 from ..errors import InputError
 from ..solver.validate import as_int
 
@@ -155,13 +155,18 @@ class Recorder:
             raise InputError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if self._current is None:
             self._allocate(topk_ids.device)
-        if (self._staged is not None and topk_ids.numel() <= STAGED_IDS
-                and not _direct_only(topk_ids)):
-            self._stage(layer, topk_ids, self._source_of(source))
-            return
+        staged = (self._staged is not None and topk_ids.numel() <= STAGED_IDS
+                  and not _direct_only(topk_ids))
+        if staged:
+            source = self._source_of(source)
         if topk_ids.ndim != 2:
             topk_ids = topk_ids.reshape(-1)
         try:
+            if staged:
+                # The op's own checks, so both paths refuse the same ids the same way.
+                ops.check_out(self._rows[layer], topk_ids)
+                self._stage(layer, topk_ids, source)
+                return
             if self._deferred:
                 _histogram_deferred_(self._rows[layer], self._num_invalid, topk_ids)
             else:
@@ -190,14 +195,8 @@ class Recorder:
             _histogram_(target, topk_ids)
 
     def _stage(self, layer: int, topk_ids: torch.Tensor, source: int) -> None:
-        """Copy ``topk_ids`` (and, with per-source accounting, their ``source``) into
-        ``layer``'s staged row, counting every staged row first when it is full; the checks
-        the histogram op would make come first."""
-        if topk_ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"topk_ids must have dtype int32 or int64, got {topk_ids.dtype}")
-        if topk_ids.device != self._device:
-            raise InputError(f"layer {layer}: out is on {self._device} but topk_ids is on "
-                             f"{topk_ids.device}")
+        """Copy checked ``topk_ids`` (and, with per-source accounting, their ``source``) into
+        ``layer``'s staged row, counting every staged row first when it is full."""
         count = topk_ids.numel()
         start = self._staged_fill[layer]
         if start + count > STAGED_IDS:
@@ -259,13 +258,15 @@ class Recorder:
                 raise InputError(f"{bad} recorded expert ids were outside [0, {self.num_experts}) "
                                  "and were skipped; the counts are incomplete")
 
-    def _in_progress(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(``current`` int64 [L, E], ``traffic`` int64 [L, G, E] or None) with the ids
-        still staged added: new tensors; raises if any recorded id was invalid. Readers
-        leave the staged rows alone, so a reader thread never races the recording thread
-        over them; ``step()`` is what consumes them."""
+    def _in_progress(self, with_traffic: bool = False
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(``current`` int64 [L, E], ``traffic`` int64 [L, G, E] when ``with_traffic`` and
+        per-source accounting is on, else None) with the ids still staged added: new
+        tensors; raises if any recorded id was invalid. Readers leave the staged rows alone,
+        so a reader thread never races the recording thread over them; ``step()`` is what
+        consumes them."""
         current = self._current.clone()
-        traffic = None if self._traffic is None else self._traffic.clone()
+        traffic = self._traffic.clone() if with_traffic and self._traffic is not None else None
         used = max(self._staged_fill) if self._staged is not None else 0
         if used == 0:
             self._check_invalid()
@@ -322,7 +323,7 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_sources, self.num_experts)
-            return self._in_progress()[1]
+            return self._in_progress(with_traffic=True)[1]
 
     def reset(self) -> None:
         """Forget every count and step (buffers stay allocated, views stay valid)."""
@@ -368,7 +369,7 @@ class Recorder:
             if self._current is None:
                 self._allocate(device)
             # Raises on invalid ids before any collective, so no rank is left waiting.
-            current, traffic = self._in_progress()
+            current, traffic = self._in_progress(with_traffic=True)
             shape_key = [self.num_layers, self.num_experts, self.window_size,
                          self.num_sources or 0, self.steps]
             # MAX of (x, -x) gives max and -min in one collective.
