@@ -13,10 +13,11 @@ from ..errors import InputError
 from ..topology import Topology, TopologyLike, as_topology
 from .metrics import (as_previous, dispatched_rank_loads, score, solution_metrics,
                       traffic_flows, with_extras)
+from .frozen import frozen_instance
 from .model import GLOBAL, HIERARCHICAL, solve_model
 from .placement import Placement
 from .validate import (HIERARCHIES, POLICIES, as_caps, as_choice, as_int, as_loads,
-                       check_slots, replica_counts)
+                       check_slots, replica_counts, shared_full)
 
 if TYPE_CHECKING:
     from ..movement import MovementOptions
@@ -227,7 +228,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         per_node = node_ranks.shape[1]
         # Under the default caps, stacking (where it pays) may give an expert more than G.
         stack_caps = caps if max_replicas_per_expert is not None else \
-            np.full(num_experts, num_slots, dtype=np.int64)
+            shared_full(num_experts, num_slots)
         solved = solve_model(balanced, caps, speed, node_ranks, num_groups, slots, try_global,
                              try_hier, num_experts * num_ranks < num_slots,
                              num_experts * per_node < num_slots, stack_caps)
@@ -270,10 +271,10 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         bound = solved.lower_bound if solved is not None and balanced is weights else None
         metrics = score(phy2log, logcnt, weights, topo, rank_loads, bound=bound, **labels)
     metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
-    return Placement(phy2log=phy2log, logcnt=logcnt,
-                     metrics=metrics, loads=weights, window=window, topo=topo,
-                     num_redundant=num_redundant, num_groups=num_groups, policy=policy,
-                     hierarchy=hierarchy, previous=previous, traffic=traffic)
+    return frozen_instance(Placement, phy2log=phy2log, logcnt=logcnt, metrics=metrics,
+                           loads=weights, window=window, topo=topo,
+                           num_redundant=num_redundant, num_groups=num_groups, policy=policy,
+                           hierarchy=hierarchy, previous=previous, traffic=traffic)
 
 
 def _deepseek(weights: np.ndarray, num_slots: int, num_groups: int, topo: Topology,

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..topology import Topology, TopologyLike, as_topology
 from .bounds import layer_lower_bounds
+from .frozen import frozen_instance
 from .validate import as_int, as_loads, as_phy2log, replica_counts
 
 
@@ -168,10 +169,12 @@ def score(phy2log: np.ndarray, logcnt: np.ndarray, weights: np.ndarray, topo: To
 def solution_metrics(solved: Any, **labels: Any) -> Metrics:
     """The :class:`Metrics` that ``plumb.solver.model.solve_model`` computed with its solution
     (``solved``, its ``Solved``); ``labels`` as in :func:`score`."""
-    return Metrics(rank_loads=solved.rank_load, balancedness=solved.balancedness,
-                   layer_balancedness=solved.layer_balancedness, max_load=solved.max_load,
-                   lower_bound=solved.lower_bound, lb_gap=solved.lb_gap,
-                   lb_gap_mean=solved.lb_gap_mean, lb_gap_max=solved.lb_gap_max, **labels)
+    return frozen_instance(Metrics, rank_loads=solved.rank_load,
+                           balancedness=solved.balancedness,
+                           layer_balancedness=solved.layer_balancedness,
+                           max_load=solved.max_load, lower_bound=solved.lower_bound,
+                           lb_gap=solved.lb_gap, lb_gap_mean=solved.lb_gap_mean,
+                           lb_gap_max=solved.lb_gap_max, **labels)
 
 
 def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,

@@ -5,6 +5,7 @@ Every failure raises :class:`plumb.errors.InputError` naming the argument and wh
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -135,6 +136,15 @@ def replica_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
     return flat.reshape(num_layers, num_experts)
 
 
+@lru_cache(maxsize=64)
+def shared_full(length: int, value: int) -> np.ndarray:
+    """int64 [length] filled with ``value``, one array per (length, value) for the process:
+    the solver's default caps (two fills were about 2 us of a small model's solve). Shared,
+    so never to be written; writable all the same, because a read-only array is a numba type
+    of its own and every kernel taking it would be compiled again (plumb.solver.jit)."""
+    return np.full(length, value, dtype=np.int64)
+
+
 def as_caps(value: Any, num_experts: int, num_slots: int, num_ranks: int) -> np.ndarray:
     """Per-expert replica caps int64 [E] from ``max_replicas_per_expert`` (None, int or [E]).
 
@@ -144,7 +154,7 @@ def as_caps(value: Any, num_experts: int, num_slots: int, num_ranks: int) -> np.
     if value is None:
         # E * G < P: some expert must exceed one replica per rank.
         cap = num_ranks if num_experts * num_ranks >= num_slots else num_slots
-        return np.full(num_experts, cap, dtype=np.int64)
+        return shared_full(num_experts, cap)
     arr = to_numpy(value, "max_replicas_per_expert")
     if arr.ndim == 0:
         arr = np.full(num_experts, arr)
