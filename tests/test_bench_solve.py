@@ -68,6 +68,15 @@ def test_parallel_columns_time_the_same_placements_on_threads(tmp_path, capsys):
     assert header[7:9] == ["plumb ms, 2 threads", "× numpy, 2 threads"]
     row = dict(zip(header, rows[0]))
     assert float(row["plumb ms, 2 threads"]) > 0 and row["× numpy, 2 threads"].endswith("×")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "2 single-threaded tiny solves side by side only" in text
+
+
+def test_concurrency_probe_counts_serial_work_against_threads():
+    calls = []
+    assert bench._concurrency(lambda: calls.append(1), 3, repeats=2) > 0
+    assert len(calls) == 1 + 2 * (3 + 3)  # warm-up, then each repeat: 3 in a row, 3 on threads
+    assert bench.solver_scaling(W.TINY, 2, steps=2, seed=0, repeats=1) > 0
 
 
 def _followers(calls, name):

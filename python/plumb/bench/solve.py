@@ -213,21 +213,19 @@ def _spin(n):
     return total
 
 
-def thread_scaling(threads: int, repeats: int = 5) -> float:
-    """How much faster this machine runs ``threads`` copies of a numba arithmetic loop on
-    ``threads`` threads than one after the other (ideal: ``threads``); the best of
-    ``repeats``. Puts the parallel columns in context: shared or throttled vCPUs scale less."""
+def _concurrency(task: Callable[[], object], threads: int, repeats: int) -> float:
+    """How much faster ``threads`` copies of ``task`` finish on ``threads`` threads than one
+    after the other (ideal: ``threads``); the best of ``repeats``."""
     import threading
 
-    _spin(10)
-    work = 10_000_000
+    task()
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(threads):
-            _spin(work)
+            task()
         serial = time.perf_counter() - start
-        workers = [threading.Thread(target=_spin, args=(work,)) for _ in range(threads)]
+        workers = [threading.Thread(target=task) for _ in range(threads)]
         start = time.perf_counter()
         for worker in workers:
             worker.start()
@@ -235,6 +233,29 @@ def thread_scaling(threads: int, repeats: int = 5) -> float:
             worker.join()
         best = max(best, serial / (time.perf_counter() - start))
     return best
+
+
+def thread_scaling(threads: int, repeats: int = 5) -> float:
+    """:func:`_concurrency` of a numba arithmetic loop: what the vCPUs give compute-bound code
+    (shared or throttled vCPUs scale less)."""
+    return _concurrency(lambda: _spin(10_000_000), threads, repeats)
+
+
+def solver_scaling(shp: Shape, threads: int, steps: int, seed: int, repeats: int = 5) -> float:
+    """:func:`_concurrency` of whole single-threaded plumb solves of ``shp`` (sigma 1): the
+    most that splitting layers over ``threads`` threads can gain on this machine. Where the
+    vCPUs share a core's caches (hyper-threads of one core, or a noisy neighbour) the
+    solver's table-reading kernels scale far less than the arithmetic loop."""
+    from ..solver.threads import thread_limit
+
+    loads = make_loads(shp, 1.0, steps=steps, seed=seed)
+    solve = _solver(shp)
+
+    def one_solve() -> None:
+        with thread_limit(1):
+            solve(loads, "plumb")
+
+    return _concurrency(one_solve, threads, repeats)
 
 
 def cold_start(shp: Shape, warm_runs: int = 3) -> Dict[str, float]:
@@ -389,8 +410,11 @@ def run(args: argparse.Namespace) -> int:
              "deepseek's (same hierarchy mode); gap = plumb's lb_gap per layer."
              + (f" The {parallel}-thread columns split the layers over {parallel} threads "
                 f"(plumb.solver.threads; same placements); on this machine {parallel} threads "
-                f"ran a numba arithmetic loop {thread_scaling(parallel):.2f}x as fast as one "
-                f"(ideal {parallel}x)." if parallel > 1 else ""),
+                f"ran a numba arithmetic loop {thread_scaling(parallel):.2f}x as fast as one, "
+                f"but {parallel} single-threaded {shapes[0].name} solves side by side only "
+                f"{solver_scaling(shapes[0], parallel, args.steps, args.seed):.2f}x as fast as "
+                f"one after the other (ideal {parallel}x): the ceiling of the parallel columns "
+                "here." if parallel > 1 else ""),
              main_table(rows, parallel)]
     if case_rows:
         parts += ["Uniform routing and adversarial loads (one timed solve each):",
