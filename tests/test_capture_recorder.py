@@ -315,3 +315,15 @@ def test_record_under_torch_compile_counts_at_once(accelerator_path):
     # Traced code must not bake the host-side fill counters in: the direct path ran.
     assert rec._staged_fill == [0, 0]
     assert torch.equal(rec.current()[0], 3 * torch.bincount(ids.reshape(-1), minlength=8))
+
+
+def test_readers_hand_out_copies():
+    # Without staged ids the readers work from the recorder's own buffers: what they return
+    # must still be the caller's to write.
+    recorder = Recorder(2, 4, window=3, device="cpu", num_sources=2)
+    recorder.record(0, torch.tensor([[0, 1], [1, 3]]), source=1)
+    before = (recorder.current(), recorder.totals(), recorder.traffic())
+    for tensor in (recorder.current(), recorder.totals(), recorder.traffic()):
+        tensor.add_(100)
+    after = (recorder.current(), recorder.totals(), recorder.traffic())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

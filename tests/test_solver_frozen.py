@@ -27,9 +27,9 @@ def test_same_instance_as_the_constructor():
     built = frozen_instance(Metrics, **_metric_values())
     made = Metrics(**_metric_values())
     for name in (f.name for f in dataclasses.fields(Metrics)):
-        assert np.array_equal(getattr(built, name), getattr(made, name)) \
-            if isinstance(getattr(made, name), np.ndarray) else \
-            getattr(built, name) == getattr(made, name), name
+        ours, theirs = getattr(built, name), getattr(made, name)
+        same = np.array_equal(ours, theirs) if isinstance(theirs, np.ndarray) else ours == theirs
+        assert same, name
     assert built.moves is None and built.step_balancedness is None  # defaults filled in
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.balancedness = 1.0

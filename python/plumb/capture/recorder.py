@@ -261,16 +261,19 @@ class Recorder:
     def _in_progress(self, with_traffic: bool = False
                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(``current`` int64 [L, E], ``traffic`` int64 [L, G, E] when ``with_traffic`` and
-        per-source accounting is on, else None) with the ids still staged added: new
-        tensors; raises if any recorded id was invalid. Readers leave the staged rows alone,
-        so a reader thread never races the recording thread over them; ``step()`` is what
-        consumes them."""
-        current = self._current.clone()
-        traffic = self._traffic.clone() if with_traffic and self._traffic is not None else None
+        per-source accounting is on, else None) with the ids still staged added; raises if
+        any recorded id was invalid. With nothing staged these are the recorder's own
+        buffers (a reader copies them before handing them out, and need not when it builds
+        a new tensor from them anyway); else new tensors. Readers leave the staged rows
+        alone, so a reader thread never races the recording thread over them; ``step()`` is
+        what consumes them."""
+        traffic = self._traffic if with_traffic else None
         used = max(self._staged_fill) if self._staged is not None else 0
         if used == 0:
             self._check_invalid()
-            return current, traffic
+            return self._current, traffic
+        current = self._current.clone()
+        traffic = None if traffic is None else traffic.clone()
         num_invalid = self._num_invalid.clone()
         self._add_staged(current, traffic, num_invalid, used)
         self._check_invalid(num_invalid)
@@ -305,7 +308,8 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_experts)
-            return self._in_progress()[0]
+            current = self._in_progress()[0]
+            return current.clone() if current is self._current else current
 
     def totals(self) -> torch.Tensor:
         """int64 ``[L, E]`` all counts since construction or ``reset()``, current step included;
@@ -323,7 +327,8 @@ class Recorder:
         with self._lock:
             if self._current is None:
                 return self._zeros(self.num_layers, self.num_sources, self.num_experts)
-            return self._in_progress(with_traffic=True)[1]
+            traffic = self._in_progress(with_traffic=True)[1]
+            return traffic.clone() if traffic is self._traffic else traffic
 
     def reset(self) -> None:
         """Forget every count and step (buffers stay allocated, views stay valid)."""
