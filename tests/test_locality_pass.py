@@ -188,15 +188,19 @@ def test_pass_in_solve_matches_improve_locality(dispatch):
         assert np.array_equal(out, local.phy2log)
 
 
-def test_node_preferences_and_stacked_count_match_numpy():
+def test_node_means_and_stacked_count_match_numpy():
     from plumb.locality.refine import _stacked
-    from plumb.locality.repack import node_preferences
+    from plumb.locality.repack import node_means
 
     rng = np.random.default_rng(5)
     token_cost = rng.random((12, 8))
     node_ranks = np.array([[0, 1, 4, 5], [2, 3, 6, 7]], dtype=np.int64)
     expected = np.stack([token_cost[:, ranks].mean(axis=1) for ranks in node_ranks], axis=1)
-    assert np.allclose(node_preferences(token_cost, node_ranks), expected)
+    out = np.empty((12, 2))
+    node_means(token_cost, node_ranks, 1.0, out)
+    assert np.allclose(out, expected)
+    node_means(token_cost, node_ranks, 4.0, out)
+    assert np.allclose(out, 4.0 * expected)
     row = rng.integers(0, 6, 24).astype(np.int64)
     per_rank = row.reshape(8, 3)
     assert _stacked(row, 3, 6) == sum(3 - len(set(r)) for r in per_rank.tolist())

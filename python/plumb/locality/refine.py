@@ -46,7 +46,7 @@ from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
-from .repack import PIN_FILLS, node_preferences, repack_layer
+from .repack import PIN_FILLS, node_means, repack_layer
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
 
@@ -441,20 +441,23 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
     return swaps, ecost.sum()
 
 
-@njit(cache=True, nogil=True)
-def _source_shares(tok):
-    """float64 [E, G]: each source's share of each expert's tokens (tok float64 [E, G]);
-    1 / G where an expert received none. Summed over sources in order, as the metrics'
-    routing (``plumb.locality.dispatch``) does, so that both see the same replica loads."""
-    num_experts, num_ranks = tok.shape
-    out = np.empty_like(tok)
+@kernel
+def _expert_rows(layer_tokens, tok, shr):
+    """Expert-major rows of one layer's tokens (layer_tokens float64 [G, E]): tok [E, G] the
+    tokens, shr [E, G] each source's share of them (1 / G where an expert received none);
+    outputs. Shares are summed over sources in order, as the metrics' routing
+    (``plumb.locality.dispatch``) does, so that both see the same replica loads."""
+    num_ranks, num_experts = layer_tokens.shape
+    for s in range(num_ranks):
+        row = layer_tokens[s]
+        for e in range(num_experts):
+            tok[e, s] = row[e]
     for e in range(num_experts):
         total = 0.0
         for s in range(num_ranks):
             total += tok[e, s]
         for s in range(num_ranks):
-            out[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
-    return out
+            shr[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
 
 
 @njit(cache=True, nogil=True)
@@ -472,15 +475,14 @@ def _stacked(row, slots, num_experts):
 
 
 @njit(cache=True, nogil=True)
-def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, group_cost, speed,
+def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, speed,
                   node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
                   stats):
     """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
     token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
     group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
-    node) for the re-packing, or shape [0, 0] to skip it; group_cost: float64 [L, E, groups],
-    the mean of token_cost over each group's ranks. keep_node: bool [L].
+    node) for the re-packing, or shape [0, 0] to skip it. keep_node: bool [L].
     stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
     Each rank's slots are sorted by expert id afterwards (the solver's canonical order).
     """
@@ -494,6 +496,10 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, grou
     movable = np.empty(num_slots, dtype=np.bool_)
     expert_cost = np.empty(num_experts, dtype=np.float64)
     no_rows = np.empty((0, 0), dtype=np.float64)
+    expert_tokens = np.empty((num_experts, num_ranks), dtype=np.float64)
+    shares = np.empty((num_experts, num_ranks), dtype=np.float64)
+    pref = np.empty((num_experts, group_ranks.shape[0]), dtype=np.float64)
+    node_share = np.empty_like(pref)
     for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
@@ -502,8 +508,10 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, grou
         routed = nearest and cnt.max() > 1
         # Per-expert token and share rows are read only to route replicated experts under
         # nearest dispatch; all else works from token_cost.
-        tok = np.ascontiguousarray(tokens[layer].T) if routed else no_rows
-        shr = _source_shares(tok) if routed else no_rows
+        tok = expert_tokens if routed else no_rows
+        shr = shares if routed else no_rows
+        if routed:
+            _expert_rows(tokens[layer], tok, shr)
         before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, token_cost[layer],
                               nearest, routed, load, expert_cost)
         top = 0.0
@@ -516,10 +524,10 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, grou
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            pref = group_cost[layer]
+            node_means(token_cost[layer], group_ranks, 1.0, pref)
             # Each node's share of an expert's sources: nearest routing of replicas only.
-            node_share = node_preferences(shr, group_ranks) * group_ranks.shape[1] if routed \
-                else pref
+            if routed:
+                node_means(shr, group_ranks, float(group_ranks.shape[1]), node_share)
             # Without replicated experts nothing can stack.
             stacked = _stacked(row, slots, num_experts) if cnt.max() > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free
@@ -527,7 +535,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, grou
             for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
                 # Distinct ranks for every replica are possible iff no expert has more than G.
                 # Lone replicas route the same under both models: pack as for even dispatch.
-                repack_layer(row, slots, w, cnt, pref, node_share, speed, group_ranks, routed,
+                repack_layer(row, slots, w, cnt, pref, node_share if routed else pref, speed,
+                             group_ranks, routed,
                              cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, cnt, tok, shr, cost, level,
                                      token_cost[layer], nearest, routed, load, expert_cost)
@@ -592,15 +601,6 @@ def _group_ranks(topo: Topology) -> np.ndarray:
     return cached
 
 
-def _group_means(groups: np.ndarray, num_ranks: int) -> np.ndarray:
-    """float64 [G, groups]: 1 / size where rank g is in the group (groups int64 [groups,
-    size], from ``_group_ranks``), so that values [.., G] @ it are the groups' means."""
-    means = np.zeros((num_ranks, groups.shape[0]))
-    for index, ranks in enumerate(groups):
-        means[ranks, index] = 1.0 / ranks.shape[0]
-    return means
-
-
 def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any = None,
                      dispatch: str = "even", load_slack: float = 0.0,
                      keep_node: Optional[Any] = None, max_sweeps: int = 2):
@@ -658,12 +658,11 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
     token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
     groups = _group_ranks(topo)
-    group_cost = np.matmul(token_cost, _group_means(groups, topo.num_ranks))
     _, speed = kernel_topology(topo)
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, group_cost, speed, topo.node_of_rank, groups,
+        topo.level, token_cost, speed, topo.node_of_rank, groups,
         nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}

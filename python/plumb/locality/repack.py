@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..solver.jit import kernel
 from ..solver.pack import heaviest_first, repair_duplicates
 from ..solver.refine import refine_slots
 from ..solver.workspace import workspace
@@ -41,25 +42,20 @@ PAIR_STEPS = 8
 PIN_FILLS = (0.99, 0.95, 0.9, 0.85, 0.75, 0.5)
 
 
-@njit(cache=True, nogil=True)
-def node_preferences(token_cost, node_ranks):
-    """float64 [E, nodes]: mean over node n's ranks of token_cost [E, G] (all of e's tokens
-    served on that rank, or any per-rank values such as source shares)."""
-    num_experts = token_cost.shape[0]
+@kernel
+def node_means(values, node_ranks, scale, out):
+    """out[e, n] (float64 [E, nodes]) = the mean of values[e, r] (float64 [E, G]) over node
+    n's ranks r (node_ranks int64 [nodes, gpn], summed in that order), times ``scale``: what
+    all of e's tokens cost on node n (values = token costs), or with scale gpn the node's
+    share of e's sources (values = source shares)."""
     nodes, gpn = node_ranks.shape
-    # Rank by rank over all experts: E independent sums instead of one serial chain each
-    # (the same order of additions per entry).
-    total = np.zeros((nodes, num_experts), dtype=np.float64)
-    for n in range(nodes):
-        for i in range(gpn):
-            r = node_ranks[n, i]
-            for e in range(num_experts):
-                total[n, e] += token_cost[e, r]
-    pref = np.empty((num_experts, nodes), dtype=np.float64)
-    for e in range(num_experts):
+    for e in range(values.shape[0]):
+        row = values[e]
         for n in range(nodes):
-            pref[e, n] = total[n, e] / gpn
-    return pref
+            acc = 0.0
+            for i in range(gpn):
+                acc += row[node_ranks[n, i]]
+            out[e, n] = acc / gpn * scale
 
 
 @njit(cache=True, nogil=True)
