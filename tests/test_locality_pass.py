@@ -197,11 +197,38 @@ def test_node_means_and_stacked_count_match_numpy():
     node_ranks = np.array([[0, 1, 4, 5], [2, 3, 6, 7]], dtype=np.int64)
     expected = np.stack([token_cost[:, ranks].mean(axis=1) for ranks in node_ranks], axis=1)
     out = np.empty((12, 2))
-    node_means(token_cost, node_ranks, 1.0, out)
+    node_means(token_cost, node_ranks, out)
     assert np.allclose(out, expected)
-    node_means(token_cost, node_ranks, 4.0, out)
-    assert np.allclose(out, 4.0 * expected)
     row = rng.integers(0, 6, 24).astype(np.int64)
     per_rank = row.reshape(8, 3)
     assert _stacked(row, 3, 6) == sum(3 - len(set(r)) for r in per_rank.tolist())
 
+
+
+def test_expert_rows_match_numpy():
+    from plumb.locality.refine import _expert_rows
+
+    rng = np.random.default_rng(11)
+    layer_tokens = rng.integers(0, 50, (8, 6)).astype(np.float64)
+    layer_tokens[:, 4] = 0.0  # an expert nobody sent tokens to
+    cnt = np.array([1, 2, 1, 3, 2, 1], dtype=np.int64)
+    node_ranks = np.array([[0, 1, 4, 5], [2, 3, 6, 7]], dtype=np.int64)
+    tok = np.full((6, 8), -1.0)
+    shr = np.full((6, 8), -1.0)
+    totals = np.empty(6)
+    node_share = np.empty((6, 2))
+    _expert_rows(layer_tokens, cnt, node_ranks, tok, shr, totals, node_share)
+    column_sums = layer_tokens.sum(axis=0)
+    assert np.array_equal(totals, column_sums)
+    replicated = cnt > 1
+    assert np.array_equal(tok[replicated], layer_tokens.T[replicated])
+    expected = np.where(column_sums > 0, layer_tokens / np.where(column_sums > 0, column_sums, 1),
+                        1.0 / 8).T
+    assert np.allclose(shr[replicated], expected[replicated])
+    # Lone replicas' rows are never read, so they are not written.
+    assert np.all(tok[~replicated] == -1.0) and np.all(shr[~replicated] == -1.0)
+    per_node = np.stack([layer_tokens[ranks].sum(axis=0) for ranks in node_ranks], axis=1)
+    assert np.allclose(node_share[column_sums > 0],
+                       (per_node / np.where(column_sums > 0, column_sums, 1)[:, None])[column_sums > 0])
+    assert np.allclose(node_share[4], [0.5, 0.5])
+    assert np.allclose(node_share.sum(axis=1), 1.0)

@@ -442,22 +442,42 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
 
 
 @kernel
-def _expert_rows(layer_tokens, tok, shr):
-    """Expert-major rows of one layer's tokens (layer_tokens float64 [G, E]): tok [E, G] the
-    tokens, shr [E, G] each source's share of them (1 / G where an expert received none);
-    outputs. Shares are summed over sources in order, as the metrics' routing
-    (``plumb.locality.dispatch``) does, so that both see the same replica loads."""
+def _expert_rows(layer_tokens, cnt, node_ranks, tok, shr, totals, node_share):
+    """What nearest routing reads of one layer's tokens (layer_tokens float64 [G, E]).
+
+    Outputs: tok / shr float64 [E, G], the tokens and each source's share of them (1 / G
+    where an expert received none), written for the replicated experts only (cnt int64 [E]
+    > 1; lone replicas route from token_cost); node_share float64 [E, nodes], each node's
+    share of every expert's sources (node_ranks int64 [nodes, gpn]; gpn / G where none);
+    totals float64 [E], each expert's tokens. Totals add the sources in order, as the
+    metrics' routing (``plumb.locality.dispatch``) does, so that both see the same replica
+    loads; all sums run over contiguous source rows (E independent sums, not E serial chains).
+    """
     num_ranks, num_experts = layer_tokens.shape
+    for e in range(num_experts):
+        totals[e] = 0.0
     for s in range(num_ranks):
         row = layer_tokens[s]
         for e in range(num_experts):
-            tok[e, s] = row[e]
+            totals[e] += row[e]
     for e in range(num_experts):
-        total = 0.0
+        if cnt[e] == 1:
+            continue
+        total = totals[e]
         for s in range(num_ranks):
-            total += tok[e, s]
-        for s in range(num_ranks):
+            tok[e, s] = layer_tokens[s, e]
             shr[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
+    nodes, gpn = node_ranks.shape
+    for n in range(nodes):
+        for e in range(num_experts):
+            node_share[e, n] = 0.0
+        for i in range(gpn):
+            row = layer_tokens[node_ranks[n, i]]
+            for e in range(num_experts):
+                node_share[e, n] += row[e]
+        for e in range(num_experts):
+            total = totals[e]
+            node_share[e, n] = node_share[e, n] / total if total > 0 else gpn / num_ranks
 
 
 @njit(cache=True, nogil=True)
@@ -495,6 +515,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
     slot_load = np.empty(num_slots, dtype=np.float64)
     movable = np.empty(num_slots, dtype=np.bool_)
     expert_cost = np.empty(num_experts, dtype=np.float64)
+    expert_total = np.empty(num_experts, dtype=np.float64)
     no_rows = np.empty((0, 0), dtype=np.float64)
     expert_tokens = np.empty((num_experts, num_ranks), dtype=np.float64)
     shares = np.empty((num_experts, num_ranks), dtype=np.float64)
@@ -511,7 +532,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         tok = expert_tokens if routed else no_rows
         shr = shares if routed else no_rows
         if routed:
-            _expert_rows(tokens[layer], tok, shr)
+            _expert_rows(tokens[layer], cnt, group_ranks, tok, shr, expert_total, node_share)
         before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, token_cost[layer],
                               nearest, routed, load, expert_cost)
         top = 0.0
@@ -524,10 +545,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            node_means(token_cost[layer], group_ranks, 1.0, pref)
-            # Each node's share of an expert's sources: nearest routing of replicas only.
-            if routed:
-                node_means(shr, group_ranks, float(group_ranks.shape[1]), node_share)
+            node_means(token_cost[layer], group_ranks, pref)
             # Without replicated experts nothing can stack.
             stacked = _stacked(row, slots, num_experts) if cnt.max() > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free
@@ -535,6 +553,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
             for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
                 # Distinct ranks for every replica are possible iff no expert has more than G.
                 # Lone replicas route the same under both models: pack as for even dispatch.
+                # Each node's share of an expert's sources: nearest routing of replicas only.
                 repack_layer(row, slots, w, cnt, pref, node_share if routed else pref, speed,
                              group_ranks, routed,
                              cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)

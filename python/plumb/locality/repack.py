@@ -43,11 +43,10 @@ PIN_FILLS = (0.99, 0.95, 0.9, 0.85, 0.75, 0.5)
 
 
 @kernel
-def node_means(values, node_ranks, scale, out):
+def node_means(values, node_ranks, out):
     """out[e, n] (float64 [E, nodes]) = the mean of values[e, r] (float64 [E, G]) over node
-    n's ranks r (node_ranks int64 [nodes, gpn], summed in that order), times ``scale``: what
-    all of e's tokens cost on node n (values = token costs), or with scale gpn the node's
-    share of e's sources (values = source shares)."""
+    n's ranks r (node_ranks int64 [nodes, gpn], summed in that order): with values the token
+    costs, what all of e's tokens cost on node n."""
     nodes, gpn = node_ranks.shape
     for e in range(values.shape[0]):
         row = values[e]
@@ -55,7 +54,7 @@ def node_means(values, node_ranks, scale, out):
             acc = 0.0
             for i in range(gpn):
                 acc += row[node_ranks[n, i]]
-            out[e, n] = acc / gpn * scale
+            out[e, n] = acc / gpn
 
 
 @njit(cache=True, nogil=True)
