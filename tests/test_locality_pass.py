@@ -33,6 +33,12 @@ def _cases(draw):
     rng = np.random.default_rng(seed)
     speed = rng.choice([1.0, 1.5], nodes * gpn) if draw(st.booleans()) else None
     topo = Topology.cluster(nodes, gpn, numa, rank_speed=speed)
+    if draw(st.booleans()):
+        # Costs not constant on each level: the pass multiplies tokens by the matrix instead
+        # of summing them per level.
+        matrix = rng.random((topo.num_ranks, topo.num_ranks))
+        topo = Topology.from_matrix(matrix + matrix.T, node_of_rank=topo.node_of_rank,
+                                    numa_of_rank=topo.numa_of_rank, rank_speed=speed)
     g = topo.num_ranks
     slots = draw(st.integers(1, 4))
     redundant = draw(st.integers(0, g * slots - 1))
@@ -232,3 +238,15 @@ def test_expert_rows_match_numpy():
                        (per_node / np.where(column_sums > 0, column_sums, 1)[:, None])[column_sums > 0])
     assert np.allclose(node_share[4], [0.5, 0.5])
     assert np.allclose(node_share.sum(axis=1), 1.0)
+
+
+def test_level_token_cost_matches_the_cost_matrix_product():
+    from plumb.locality.levels import level_layout, level_token_cost
+
+    topo = Topology.cluster(2, 4, 2)
+    layout = level_layout(topo)
+    tokens = np.random.default_rng(4).random((8, 6))
+    out = np.empty((6, 8))
+    level_token_cost(tokens, layout.node_id, layout.domain_id, layout.level_cost,
+                     np.empty((2, 6)), np.empty((4, 6)), np.empty(6), out)
+    assert np.allclose(out, tokens.T @ topo.link_cost)

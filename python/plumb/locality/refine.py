@@ -46,6 +46,7 @@ from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
+from .levels import level_layout, level_token_cost
 from .repack import PIN_FILLS, node_means, repack_layer
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack
@@ -495,12 +496,14 @@ def _stacked(row, slots, num_experts):
 
 
 @njit(cache=True, nogil=True)
-def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, speed,
-                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
-                  stats):
+def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node_id,
+                  domain_id, level_cost, speed, node_of_rank, group_ranks, nearest, keep_node,
+                  cap_factor, max_sweeps, layers, stats):
     """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
-    token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g.
+    token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g; or shape
+    [0, 0, 0] on a topology with constant costs per level (level_cost float64 [4], node_id /
+    domain_id int64 [G] from ``level_layout``): then each layer's is derived from its tokens.
     group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
     node) for the re-packing, or shape [0, 0] to skip it. keep_node: bool [L].
     stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
@@ -521,9 +524,18 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
     shares = np.empty((num_experts, num_ranks), dtype=np.float64)
     pref = np.empty((num_experts, group_ranks.shape[0]), dtype=np.float64)
     node_share = np.empty_like(pref)
+    by_level = token_cost.shape[0] == 0
+    level_costs = np.empty((num_experts, num_ranks), dtype=np.float64)
+    node_sum = np.empty((node_id.max() + 1, num_experts), dtype=np.float64)
+    domain_sum = np.empty((domain_id.max() + 1, num_experts), dtype=np.float64)
+    cluster_sum = np.empty(num_experts, dtype=np.float64)
     for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
+        if by_level:
+            level_token_cost(tokens[layer], node_id, domain_id, level_cost, node_sum,
+                             domain_sum, cluster_sum, level_costs)
+        layer_cost = level_costs if by_level else token_cost[layer]
         # Replica counts stay fixed through the pass.
         _, cnt = replica_lists(row, num_experts)
         routed = nearest and cnt.max() > 1
@@ -533,7 +545,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         shr = shares if routed else no_rows
         if routed:
             _expert_rows(tokens[layer], cnt, group_ranks, tok, shr, expert_total, node_share)
-        before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, token_cost[layer],
+        before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, layer_cost,
                               nearest, routed, load, expert_cost)
         top = 0.0
         for g in range(num_ranks):
@@ -545,7 +557,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            node_means(token_cost[layer], group_ranks, pref)
+            node_means(layer_cost, group_ranks, pref)
             # Without replicated experts nothing can stack.
             stacked = _stacked(row, slots, num_experts) if cnt.max() > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free
@@ -558,7 +570,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
                              group_ranks, routed,
                              cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, cnt, tok, shr, cost, level,
-                                     token_cost[layer], nearest, routed, load, expert_cost)
+                                     layer_cost, nearest, routed, load, expert_cost)
                 fits = cnt.max() == 1 or _stacked(candidate, slots, num_experts) <= stacked
                 for g in range(num_ranks):
                     fits = fits and load[g] <= limit[g]
@@ -578,20 +590,20 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, spee
             # milliseconds per layer, only where no re-packing applies (one node and NUMA
             # domain, unequal groups, hierarchical layers); elsewhere a failed re-packing is
             # followed by the swaps of lone replicas below.
-            swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, token_cost[layer],
+            swaps, after = _swap_pass(row, slots, w, tok, shr, cost, level, layer_cost,
                                       node_of_rank, nearest, keep_node[layer], limit,
                                       max_sweeps)
         else:
             if repackable:
                 # The packings tried left their own loads in ``load``.
                 after = _layer_state(row, slots, w, cnt, tok, shr, cost, level,
-                                     token_cost[layer], nearest, routed, load, expert_cost)
+                                     layer_cost, nearest, routed, load, expert_cost)
             for p in range(num_slots):
                 e = row[p]
                 slot_load[p] = w[e] / cnt[e]
                 movable[p] = not nearest or cnt[e] == 1
             swaps, change = fixed_load_swaps(row, slots, cnt, slot_load, movable, load, limit,
-                                             token_cost[layer], node_of_rank, keep_node[layer],
+                                             layer_cost, node_of_rank, keep_node[layer],
                                              _MIN_GAIN * (after + 1.0), max_sweeps)
             after += change
         canonical_slots(row.reshape((num_slots // slots, slots)).copy(), row)
@@ -674,14 +686,21 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     num_layers = placement.shape[0]
     out = placement.copy()
     stats = np.zeros((num_layers, 4))
-    # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
-    token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
+    layout = level_layout(topo)
+    if layout.level_cost is None:
+        # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
+        token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
+        level_cost = np.zeros(0)
+    else:
+        token_cost = np.zeros((0, 0, 0))
+        level_cost = layout.level_cost
     groups = _group_ranks(topo)
     _, speed = kernel_topology(topo)
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, speed, topo.node_of_rank, groups,
+        topo.level, token_cost, layout.node_id, layout.domain_id, level_cost, speed,
+        topo.node_of_rank, groups,
         nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
                             "traffic_after": stats[:, 2], "repacked": stats[:, 3] > 0}
