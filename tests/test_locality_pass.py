@@ -248,5 +248,5 @@ def test_level_token_cost_matches_the_cost_matrix_product():
     tokens = np.random.default_rng(4).random((8, 6))
     out = np.empty((6, 8))
     level_token_cost(tokens, layout.node_id, layout.domain_id, layout.level_cost,
-                     np.empty((2, 6)), np.empty((4, 6)), np.empty(6), out)
+                     np.empty((2, 6)), np.empty((4, 6)), np.empty(6), np.empty((8, 6)), out)
     assert np.allclose(out, tokens.T @ topo.link_cost)

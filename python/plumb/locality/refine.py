@@ -526,6 +526,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
     node_share = np.empty_like(pref)
     by_level = token_cost.shape[0] == 0
     level_costs = np.empty((num_experts, num_ranks), dtype=np.float64)
+    rank_costs = np.empty((num_ranks, num_experts), dtype=np.float64)
     node_sum = np.empty((node_id.max() + 1, num_experts), dtype=np.float64)
     domain_sum = np.empty((domain_id.max() + 1, num_experts), dtype=np.float64)
     cluster_sum = np.empty(num_experts, dtype=np.float64)
@@ -534,7 +535,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         w = weights[layer]
         if by_level:
             level_token_cost(tokens[layer], node_id, domain_id, level_cost, node_sum,
-                             domain_sum, cluster_sum, level_costs)
+                             domain_sum, cluster_sum, rank_costs, level_costs)
         layer_cost = level_costs if by_level else token_cost[layer]
         # Replica counts stay fixed through the pass.
         _, cnt = replica_lists(row, num_experts)
