@@ -203,7 +203,7 @@ def _verdicts(outcomes: List[Outcome]) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     num_layers = args.layers or (4 if args.quick else 16)
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 25
     rows, outcomes = zip(*[_run_scenario(sc, num_layers, repeats) for sc in scenarios()])
     headers = ["scenario", "dispatch", "cross-node % DeepSeek", "cross-node % balance-only",
                "cross-node % locality (slack 0)", "cut vs balance-only", "cut vs DeepSeek",
