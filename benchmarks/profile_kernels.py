@@ -78,38 +78,50 @@ def main() -> int:
                            help="the topology bench's skewed scenario with traffic")
     local.add_argument("nodes", type=int, choices=(2, 4))
     local.add_argument("dispatch", choices=("even", "nearest"))
-    args = parser.parse_args()
-    if shutil.which("perf") is None:
-        parser.error("perf is not installed")
-    run = _solve_case(args.shape) if args.case == "solve" else _locality_case(args.nodes,
-                                                                              args.dispatch)
+    try:
+        args = parser.parse_args()
+        if shutil.which("perf") is None:
+            parser.error("perf is not installed")
+        run = _solve_case(args.shape) if args.case == "solve" else \
+            _locality_case(args.nodes, args.dispatch)
+        return _profile(run, args.seconds, args.top)
+    finally:
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def _profile(run, seconds: float, top: int) -> int:
+    """Samples ``run()`` repeated on one thread for ``seconds`` and prints the ``top``
+    functions; the symbol map is removed afterwards."""
     with thread_limit(1):
         run()
-        calls = [fn for fn in _entry_points() if fn.overloads]
-        path = write_perf_map(calls)
-        print(f"symbol map: {path}", file=sys.stderr)
-        data = os.path.join(_CACHE, "perf.data")
-        stop = threading.Event()
-        recorder = subprocess.Popen(["perf", "record", "-F", "2000", "-o", data, "-p",
-                                     str(os.getpid()), "--", "sleep", str(args.seconds)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        threading.Thread(target=lambda: (recorder.wait(), stop.set()), daemon=True).start()
-        solves = 0
-        started = time.perf_counter()
-        while not stop.is_set():
-            run()
-            solves += 1
-        elapsed = time.perf_counter() - started
+        path = write_perf_map([fn for fn in _entry_points() if fn.overloads])
+        try:
+            return _sample(run, seconds, top, str(path))
+        finally:
+            path.unlink()
+
+
+def _sample(run, seconds: float, top: int, map_path: str) -> int:
+    print(f"symbol map: {map_path}", file=sys.stderr)
+    data = os.path.join(_CACHE, "perf.data")
+    stop = threading.Event()
+    recorder = subprocess.Popen(["perf", "record", "-F", "2000", "-o", data, "-p",
+                                 str(os.getpid()), "--", "sleep", str(seconds)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=lambda: (recorder.wait(), stop.set()), daemon=True).start()
+    solves = 0
+    started = time.perf_counter()
+    while not stop.is_set():
+        run()
+        solves += 1
+    elapsed = time.perf_counter() - started
     if recorder.returncode != 0:
         print(f"perf record failed (exit {recorder.returncode}): check "
               "/proc/sys/kernel/perf_event_paranoid", file=sys.stderr)
         return 1
     print(f"{solves} solves, {1e3 * elapsed / max(solves, 1):.3f} ms each (one thread)")
-    _report(data, args.top)
-    path.unlink()
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    _report(data, top)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

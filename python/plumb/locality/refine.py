@@ -520,16 +520,20 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
     expert_cost = np.empty(num_experts, dtype=np.float64)
     expert_total = np.empty(num_experts, dtype=np.float64)
     no_rows = np.empty((0, 0), dtype=np.float64)
-    expert_tokens = np.empty((num_experts, num_ranks), dtype=np.float64)
-    shares = np.empty((num_experts, num_ranks), dtype=np.float64)
+    # Scratch only for the paths that run: token rows under nearest dispatch, per-level sums
+    # on level topologies.
+    rows = (num_experts, num_ranks) if nearest else (0, 0)
+    expert_tokens = np.empty(rows, dtype=np.float64)
+    shares = np.empty(rows, dtype=np.float64)
     pref = np.empty((num_experts, group_ranks.shape[0]), dtype=np.float64)
     node_share = np.empty_like(pref)
     by_level = token_cost.shape[0] == 0
-    level_costs = np.empty((num_experts, num_ranks), dtype=np.float64)
-    rank_costs = np.empty((num_ranks, num_experts), dtype=np.float64)
-    node_sum = np.empty((node_id.max() + 1, num_experts), dtype=np.float64)
-    domain_sum = np.empty((domain_id.max() + 1, num_experts), dtype=np.float64)
-    cluster_sum = np.empty(num_experts, dtype=np.float64)
+    level_experts = num_experts if by_level else 0
+    level_costs = np.empty((level_experts, num_ranks), dtype=np.float64)
+    rank_costs = np.empty((num_ranks, level_experts), dtype=np.float64)
+    node_sum = np.empty((node_id.max() + 1, level_experts), dtype=np.float64)
+    domain_sum = np.empty((domain_id.max() + 1, level_experts), dtype=np.float64)
+    cluster_sum = np.empty(level_experts, dtype=np.float64)
     for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
@@ -539,7 +543,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         layer_cost = level_costs if by_level else token_cost[layer]
         # Replica counts stay fixed through the pass.
         _, cnt = replica_lists(row, num_experts)
-        routed = nearest and cnt.max() > 1
+        most = cnt.max()
+        routed = nearest and most > 1
         # Per-expert token and share rows are read only to route replicated experts under
         # nearest dispatch; all else works from token_cost.
         tok = expert_tokens if routed else no_rows
@@ -560,7 +565,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         if repackable:
             node_means(layer_cost, group_ranks, pref)
             # Without replicated experts nothing can stack.
-            stacked = _stacked(row, slots, num_experts) if cnt.max() > 1 else 0
+            stacked = _stacked(row, slots, num_experts) if most > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free
             # replicas) only when it misses, which the pair exchanges make rare.
             for pin_fill in PIN_FILLS[:_MAX_PACKINGS]:
@@ -569,10 +574,10 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
                 # Each node's share of an expert's sources: nearest routing of replicas only.
                 repack_layer(row, slots, w, cnt, pref, node_share if routed else pref, speed,
                              group_ranks, routed,
-                             cnt.max() <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
+                             most <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, cnt, tok, shr, cost, level,
                                      layer_cost, nearest, routed, load, expert_cost)
-                fits = cnt.max() == 1 or _stacked(candidate, slots, num_experts) <= stacked
+                fits = most == 1 or _stacked(candidate, slots, num_experts) <= stacked
                 for g in range(num_ranks):
                     fits = fits and load[g] <= limit[g]
                 if fits and value < after:
