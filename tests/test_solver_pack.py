@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plumb.solver.pack import lpt_pack_counted
+from plumb.solver.pack import lpt_loads, lpt_pack_counted
 from plumb.solver.refine import _MIN_GAIN, items_of_slots, pair_sweep, refine_swaps
 from plumb.solver.workspace import RADIX_COUNTS, workspace
 
@@ -102,6 +102,21 @@ def test_lpt_follows_the_rule_with_the_scan_and_with_the_tree(num_ranks, slots, 
     assert tuple(counted) == want_counted
     np.testing.assert_array_equal(slot_e, want_e)
     np.testing.assert_allclose(load, want_load, rtol=1e-12)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**32 - 1), st.booleans())
+def test_lpt_loads_are_the_stacking_lpts_loads(num_ranks, slots, seed, equal_shares):
+    # place() keeps or drops the stacked alternative on lpt_loads' value alone: it must be
+    # exactly the stacking LPT's (same ranks, ties and float sums), scan and tree alike.
+    item_w, item_e, speed, num_experts = _sorted_case(seed, num_ranks, slots,
+                                                      num_ranks * slots // 3, equal_shares)
+    _, _, _, want_load, _ = _pack(item_w, item_e, speed, slots, False, num_experts)
+    fscratch, iscratch = workspace(num_experts, num_ranks, slots)
+    load = np.full(num_ranks, np.nan)
+    top = lpt_loads(item_w, speed, slots, load, fscratch, iscratch)
+    np.testing.assert_array_equal(load, want_load)
+    assert top == max(want_load[r] / speed[r] for r in range(num_ranks))
 
 
 def _reference_trade(item_w, item_e, load, has, h, r, x, y):

@@ -262,6 +262,56 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
 
 
 @kernel
+def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
+    """The rank loads (``load``, float64 [bins]) of the LPT packing that may stack replicas
+    (:func:`lpt_place` with ``forbid_dup`` False: the same ranks, ties and sums) of items
+    already in placement order, without listing the slots; returns its largest
+    ``load / speed``.
+
+    Why: the stacked alternative of ``plumb.solver.place`` is kept only when its LPT alone
+    beats the refined packing, which on most layers it does not; its value decides that at
+    about half the cost of the packing (no slots, no replica counts).
+    """
+    bins = speed.shape[0]
+    size = tree_size(bins)
+    keys = fscratch[RANK_KEYS, :size]
+    fill = iscratch[FILL, :bins]
+    inv_speed = fscratch[INV_SPEED, :bins]
+    keys[bins:] = np.inf
+    _reset_ranks(speed, load, keys, fill, inv_speed)
+    if bins <= SCAN_BINS:
+        bits = keys[:bins].view(np.int64)
+        for i in range(item_w.shape[0]):
+            low = bits[0]
+            for r in range(1, bins):
+                low = min(low, bits[r])
+            r = 0
+            while bits[r] != low:
+                r += 1
+            _lpt_add(item_w[i], r, slots, load, keys, fill, inv_speed)
+    else:
+        tree = iscratch[RANK_TREE, :size]
+        tree_build(keys, tree)
+        for i in range(item_w.shape[0]):
+            r = tree_min(tree)
+            _lpt_add(item_w[i], r, slots, load, keys, fill, inv_speed)
+            tree_update(keys, tree, r)
+    top = 0.0
+    for r in range(bins):
+        top = max(top, load[r] / speed[r])
+    return top
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _lpt_add(weight, r, slots, load, keys, fill, inv_speed):
+    """Books one item of ``weight`` on rank ``r`` (:func:`lpt_loads`): its load, slots used
+    and key (+inf once full)."""
+    fill[r] += 1
+    load[r] += weight
+    keys[r] = load[r] * inv_speed[r] if fill[r] < slots else np.inf
+
+
+@kernel
 def _lightest_without(keys, has, e):
     """The open rank (``keys`` < inf) of smallest key that holds no replica of ``e``, lowest
     index on ties; -1 if every open rank holds one."""

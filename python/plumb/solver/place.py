@@ -23,7 +23,7 @@ from numba import njit
 
 from .jit import kernel, total
 from .mintree import tree_size
-from .pack import descending_order, lpt_place, repair_duplicates
+from .pack import descending_order, lpt_loads, lpt_place, repair_duplicates
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, SHARE, SLOT_ITEM,
@@ -273,10 +273,20 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                                 iscratch[FILL_TREE, :size])
                 sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch,
                              iscratch)
+                stacked_w, stacked_e = trial_item_w, trial_item_e
             else:
                 copy_into(trial_counts, base_counts)
-                copy_into(trial_item_w, item_w)
-                copy_into(trial_item_e, item_e)
+                stacked_w, stacked_e = item_w, item_e
+            # The stacked packing is DeepSeek's LPT (bar ties), refined only if it can win:
+            # its loads alone tell whether it does.
+            if lpt_loads(stacked_w, speed, slots, trial_load, fscratch, iscratch) >= top:
+                copy_into(trial_counts, counts)
+                continue
+            pack_items(stacked_w, stacked_e, speed, stack, trial_e, trial_w, trial_load, has,
+                       np.bool_(False), partners, enough, fscratch, iscratch)
+            refine_swaps(trial_e, trial_w, trial_load, speed, has, np.bool_(False),
+                         4 * slot_e.size + 16, fscratch, iscratch)
+            trial = time_max(trial_load, speed)
         else:
             if not recount:
                 continue
@@ -286,14 +296,9 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
             trial_counts[gainer] += 1
             trial_counts[donor] -= 1
             sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
-        # The stacked packing is DeepSeek's LPT (bar ties); refined only if it can win.
-        trial = pack_items(trial_item_w, trial_item_e, speed, stack, trial_e, trial_w,
-                           trial_load, has, not stack, partners, enough, fscratch,
-                           iscratch)[0]
-        if stack and trial < top:
-            refine_swaps(trial_e, trial_w, trial_load, speed, has, np.bool_(False),
-                         4 * slot_e.size + 16, fscratch, iscratch)
-            trial = time_max(trial_load, speed)
+            trial = pack_items(trial_item_w, trial_item_e, speed, stack, trial_e, trial_w,
+                               trial_load, has, np.bool_(True), partners, enough, fscratch,
+                               iscratch)[0]
         if trial < top * (1.0 - 1e-9):
             top = trial
             copy_into(counts, trial_counts)
