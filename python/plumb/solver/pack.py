@@ -269,8 +269,9 @@ def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
     ``load / speed``.
 
     Why: the stacked alternative of ``plumb.solver.place`` is kept only when its LPT alone
-    beats the refined packing, which on most layers it does not; its value decides that at
-    about half the cost of the packing (no slots, no replica counts).
+    beats the refined packing, which on most layers it does not; its value decides that
+    without the copy of the items, the reset of the replica counts and the slot bookkeeping
+    (0.76-0.87x the time of :func:`lpt_place` on Qwen3-30B and DeepSeek-V3 decode layers).
     """
     bins = speed.shape[0]
     size = tree_size(bins)
