@@ -230,20 +230,13 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     counted as set aside."""
     bins, slots = slot_e.shape
     _reset_ranks(speed, load, keys, fill, inv_speed)
-    # Times are non-negative (never -0.0: loads start at +0.0 and only grow) or +inf for a
-    # full rank, so they order as their bit patterns: an integer minimum, which the compiler
-    # vectorises without being allowed to reassociate floats.
+    # Loads start at +0.0 and only grow: the times are never -0.0 (see _first_lightest).
     bits = keys.view(np.int64)
     stacked = 0
     set_aside = 0
     for i in range(item_w.shape[0]):
         e = item_e[i]
-        low = bits[0]
-        for r in range(1, bins):
-            low = min(low, bits[r])
-        r = 0
-        while bits[r] != low:
-            r += 1
+        r = _first_lightest(bits)
         if forbid_dup and has[r, e] > 0:
             free = _lightest_without(keys, has, e)
             stacked += free < 0
@@ -283,13 +276,7 @@ def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
     if bins <= SCAN_BINS:
         bits = keys[:bins].view(np.int64)
         for i in range(item_w.shape[0]):
-            low = bits[0]
-            for r in range(1, bins):
-                low = min(low, bits[r])
-            r = 0
-            while bits[r] != low:
-                r += 1
-            _lpt_add(item_w[i], r, slots, load, keys, fill, inv_speed)
+            _lpt_add(item_w[i], _first_lightest(bits), slots, load, keys, fill, inv_speed)
     else:
         tree = iscratch[RANK_TREE, :size]
         tree_build(keys, tree)
@@ -301,6 +288,20 @@ def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
     for r in range(bins):
         top = max(top, load[r] / speed[r])
     return top
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _first_lightest(bits):
+    """The first rank of smallest time, from the times' bit patterns (int64 [bins]; the
+    times are non-negative or +inf, never -0.0, so they order as their bits: an integer
+    minimum, which the compiler vectorises without being allowed to reassociate floats)."""
+    low = bits[0]
+    for r in range(1, bits.shape[0]):
+        low = min(low, bits[r])
+    r = 0
+    while bits[r] != low:
+        r += 1
+    return r
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
