@@ -74,3 +74,49 @@ def test_bad_phy2log(phy2log, match):
 def test_errors_are_value_errors():
     with pytest.raises(ValueError):
         plumb.solve(GOOD, 2, policy="nope")
+
+
+# Every value finite, the sums not: a layer's total (or its time on a slow rank) overflowed to
+# inf, which made open ranks look full to the packing (out-of-bounds slot writes, garbage
+# placements, a heap corruption abort).
+@pytest.mark.parametrize("loads", [
+    np.full((2, 12), 1e308),
+    np.full((3, 2, 12), 1e299),  # each step's layer sums to 1.2e300, the window to 3.6e300
+])
+def test_loads_whose_totals_overflow(loads):
+    with pytest.raises(InputError, match="loads are too large"):
+        plumb.solve(loads, 6, num_redundant=6)
+    with pytest.raises(InputError, match="loads are too large"):
+        plumb.evaluate(np.tile(np.arange(12), (2, 1)), loads, 6)
+
+
+def test_loads_just_under_the_limit_solve_like_small_ones():
+    rng = np.random.default_rng(0)
+    small = rng.lognormal(0.0, 1.0, (3, 16))
+    scale = 2.0 ** 990  # exact: the same floats, shifted exponents (sums stay below 1e300)
+    big = plumb.solve(small * scale, 4, num_redundant=8)
+    assert np.array_equal(big.phy2log, plumb.solve(small, 4, num_redundant=8).phy2log)
+    assert np.isfinite(big.metrics.max_load).all()
+
+
+def test_loads_too_large_for_a_slow_rank():
+    topo = plumb.Topology.flat(4, rank_speed=[1.0, 1.0, 1.0, 1e-5])
+    loads = np.full((1, 8), 1e297)
+    with pytest.raises(InputError, match="rank speeds"):
+        plumb.solve(loads, topo)
+    with pytest.raises(InputError, match="rank speeds"):
+        plumb.evaluate(np.arange(8)[None, :], loads, topo)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(traffic=np.full((1, 4, 8), 1e60)),
+    dict(dispatch="nearest", num_redundant=4),
+])
+def test_traffic_cost_that_would_overflow(kwargs):
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2, level_costs={"cross_node": 1e250})
+    loads = np.full((1, 8), 1e60)
+    with pytest.raises(InputError, match="traffic is too large"):
+        plumb.solve(loads, topo, **kwargs)
+    with pytest.raises(InputError, match="traffic is too large"):
+        plumb.evaluate(np.arange(8)[None, :], loads, topo, traffic=kwargs.get("traffic"),
+                       dispatch=kwargs.get("dispatch", "even"))

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
+from ..solver.validate import LOAD_LIMIT
 
 DISPATCH_MODES = ("even", "nearest")
 EVEN = 0
@@ -47,6 +48,22 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
     return arr
 
 
+def check_traffic_scale(totals: np.ndarray, link_cost: np.ndarray) -> None:
+    """Raises InputError unless every layer's traffic cost stays finite with room to spare:
+    the routed picks of a layer (``totals`` float64 [L], summed over sources and experts:
+    the traffic's, or the loads' when tokens originate uniformly) times the largest link
+    cost (``link_cost`` float64 [G, G]) at most ``LOAD_LIMIT``."""
+    largest_cost = float(link_cost.max()) if link_cost.size else 0.0
+    with np.errstate(over="ignore"):
+        costs = totals * max(largest_cost, 1.0)
+    if not (costs <= LOAD_LIMIT).all():
+        layer = int(np.argmax(~(costs <= LOAD_LIMIT)))
+        raise InputError(f"traffic is too large for the topology's link costs: layer {layer} "
+                         f"routes {totals[layer]:.3g} picks and the largest link cost is "
+                         f"{largest_cost:.3g}; picks times cost must stay at most "
+                         f"{LOAD_LIMIT:.0e} (scale the traffic, or the costs, down)")
+
+
 def as_traffic(traffic: Any, num_layers: int, num_ranks: int, num_experts: int) -> Optional[np.ndarray]:
     """Validated per-source counts as float64 [L, G, E] (None stays None).
 
@@ -60,7 +77,9 @@ def as_traffic(traffic: Any, num_layers: int, num_ranks: int, num_experts: int) 
     if arr.ndim == 2 and num_layers == 1:
         arr = arr[None]
     elif arr.ndim == 4:
-        arr = arr.sum(axis=0)
+        # An overflow to inf is reported by check_traffic_scale.
+        with np.errstate(over="ignore"):
+            arr = arr.sum(axis=0)
     if arr.shape != expected:
         raise InputError(f"traffic must be [L, G, E] = {list(expected)} or [T, L, G, E], "
                          f"got {list(np.shape(traffic))}")

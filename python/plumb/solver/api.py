@@ -17,7 +17,7 @@ from .frozen import frozen_instance
 from .model import GLOBAL, HIERARCHICAL, solve_model
 from .placement import Placement
 from .validate import (HIERARCHIES, POLICIES, as_caps, as_choice, as_int, as_loads,
-                       check_slots, replica_counts, shared_full)
+                       check_load_scale, check_slots, replica_counts, shared_full)
 
 if TYPE_CHECKING:
     from ..movement import MovementOptions
@@ -139,6 +139,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     Args:
         loads: expert loads (token counts or any non-negative weights), numpy / torch / lists:
             [E] (one layer), [L, E], or [T, L, E] (a window of steps, oldest first; summed).
+            Only their ratios matter; each layer's total over the slowest rank's speed must
+            be at most 1e300 (``plumb.solver.validate.LOAD_LIMIT``), and with traffic
+            metrics so must a layer's routed picks times the largest link cost.
         topo: plumb.Topology, or an int G (one node).
         num_redundant: extra replicas per layer; P = E + num_redundant slots, P % G == 0.
         num_groups: expert groups (contiguous, E % num_groups == 0) for group-limited routing.
@@ -210,10 +213,15 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if traffic is not None:
         traffic = locality.as_traffic(traffic, num_layers, num_ranks, num_experts)
     dispatch = as_choice(dispatch, "dispatch", locality.DISPATCH_MODES)
+    if traffic is not None or dispatch != "even":
+        locality.check_traffic_scale(
+            weights.sum(axis=1) if traffic is None else traffic.sum(axis=(1, 2)),
+            topo.link_cost)
     load_slack = locality.as_load_slack(load_slack)
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
     node_ranks, speed = kernel_topology(topo)
+    check_load_scale(weights, float(speed.min()))
     solved = None
 
     if policy == "plumb":

@@ -10,7 +10,7 @@ import numpy as np
 from ..topology import Topology, TopologyLike, as_topology
 from .bounds import layer_lower_bounds
 from .frozen import frozen_instance
-from .validate import as_int, as_loads, as_phy2log, replica_counts
+from .validate import as_int, as_loads, as_phy2log, check_load_scale, replica_counts
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +200,7 @@ def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
     """
     topo = as_topology(topo)
     weights, window = as_loads(loads)
+    check_load_scale(weights, float(topo.rank_speed.min()))
     num_layers, num_experts = weights.shape
     if hasattr(phy2log, "phy2log"):
         phy2log = phy2log.phy2log

@@ -30,25 +30,19 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-@njit(cache=True, nogil=True)
-def count_invalid(values):
-    """How many of ``values`` (float64 [N]) are NaN, infinite or negative.
-
-    One pass over the loads: two numpy reductions (min and max) cost more than the scan
-    itself at model sizes.
-    """
-    count = 0
-    for i in range(values.size):
-        # Comparisons with NaN are False, so NaN counts as invalid.
-        count += not (0.0 <= values[i] < np.inf)
-    return count
+# The largest total load of a layer (and of a layer's load over the slowest rank's speed)
+# the solver accepts. Rank loads, times and their sums must stay finite: an overflow to inf
+# would make an open rank look full to the packing. Only the ratios of the loads matter, so
+# scaling them down loses nothing.
+LOAD_LIMIT = 1e300
 
 
 def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Expert loads as float64 [L, E], plus the window [T, L, E] when one was given.
 
     ``loads``: [E] (one layer), [L, E], or [T, L, E] (per-step counts, oldest first; summed
-    over T). Integer or float; every value finite and >= 0.
+    over T). Integer or float; every value finite and >= 0, each layer's total (over
+    experts, and steps) at most ``LOAD_LIMIT``.
     """
     arr = to_numpy(loads, "loads")
     if arr.dtype.kind not in "iuf":
@@ -59,17 +53,67 @@ def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if arr.size == 0:
         raise InputError(f"loads must not be empty, got shape {list(arr.shape)}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if count_invalid(arr.reshape(-1)):
-        if not np.isfinite(arr).all():
-            raise InputError("loads must be finite (no NaN or inf)")
-        raise InputError("loads must be >= 0")
     window = None
     if arr.ndim == 3:
         window = arr
-        arr = arr.sum(axis=0)
+        _check_values(_scan_loads(arr.reshape(-1, arr.shape[-1]))[0], arr)
+        # An overflow to inf is reported below as too large a total.
+        with np.errstate(over="ignore"):
+            arr = arr.sum(axis=0)
     elif arr.ndim == 1:
         arr = arr[None, :]
+    invalid, largest_total = _scan_loads(arr)
+    if window is None:
+        _check_values(invalid, arr)
+    if not largest_total <= LOAD_LIMIT:
+        raise InputError(f"loads are too large: a layer sums to {largest_total:.3g}; each "
+                         f"layer's total load must be at most {LOAD_LIMIT:.0e} (only the "
+                         f"loads' ratios matter: scale them down)")
     return arr, window
+
+
+def check_load_scale(weights: np.ndarray, slowest: float) -> None:
+    """Raises InputError unless every layer's total of ``weights`` (float64 [L, E], from
+    :func:`as_loads`) over ``slowest`` (the smallest rank speed) is at most ``LOAD_LIMIT``;
+    :func:`as_loads` has checked the totals themselves, so only speeds below 1 can fail."""
+    if slowest >= 1.0:
+        return
+    totals = weights.sum(axis=1)
+    with np.errstate(over="ignore"):
+        scaled = totals / slowest
+    if not (scaled <= LOAD_LIMIT).all():
+        layer = int(np.argmax(~(scaled <= LOAD_LIMIT)))
+        raise InputError(f"loads are too large for the topology's rank speeds: layer {layer} "
+                         f"sums to {totals[layer]:.3g}, over the slowest rank's speed "
+                         f"{slowest:.3g} that is {scaled[layer]:.3g}; it must be at most "
+                         f"{LOAD_LIMIT:.0e} (only the loads' ratios matter: scale them down)")
+
+
+@njit(cache=True, nogil=True)
+def _scan_loads(rows):
+    """(how many of ``rows`` (float64 [R, E]) are NaN, infinite or negative, the largest row
+    sum): one pass over the loads, cheaper than the numpy reductions it replaces at model
+    sizes."""
+    invalid = 0
+    largest = 0.0
+    for r in range(rows.shape[0]):
+        total = 0.0
+        for e in range(rows.shape[1]):
+            value = rows[r, e]
+            # Comparisons with NaN are False, so NaN counts as invalid.
+            invalid += not (0.0 <= value < np.inf)
+            total += value
+        largest = max(largest, total)
+    return invalid, largest
+
+
+def _check_values(invalid: int, arr: np.ndarray) -> None:
+    """Raises the error of :func:`as_loads` for the ``invalid`` values of the loads ``arr``
+    as given (NaN, infinite or negative), if any."""
+    if invalid:
+        if not np.isfinite(arr).all():
+            raise InputError("loads must be finite (no NaN or inf)")
+        raise InputError("loads must be >= 0")
 
 
 def as_int(value: Any, name: str, minimum: int) -> int:
