@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
-from ..solver.validate import LOAD_LIMIT
+from ..solver.validate import LOAD_LIMIT, first_over_limit
 
 DISPATCH_MODES = ("even", "nearest")
 EVEN = 0
@@ -54,10 +54,8 @@ def check_traffic_scale(totals: np.ndarray, link_cost: np.ndarray) -> None:
     the traffic's, or the loads' when tokens originate uniformly) times the largest link
     cost (``link_cost`` float64 [G, G]) at most ``LOAD_LIMIT``."""
     largest_cost = float(link_cost.max()) if link_cost.size else 0.0
-    with np.errstate(over="ignore"):
-        costs = totals * max(largest_cost, 1.0)
-    if not (costs <= LOAD_LIMIT).all():
-        layer = int(np.argmax(~(costs <= LOAD_LIMIT)))
+    layer = first_over_limit(totals, max(largest_cost, 1.0))
+    if layer >= 0:
         raise InputError(f"traffic is too large for the topology's link costs: layer {layer} "
                          f"routes {totals[layer]:.3g} picks and the largest link cost is "
                          f"{largest_cost:.3g}; picks times cost must stay at most "

@@ -79,14 +79,21 @@ def check_load_scale(weights: np.ndarray, slowest: float) -> None:
     if slowest >= 1.0:
         return
     totals = weights.sum(axis=1)
-    with np.errstate(over="ignore"):
-        scaled = totals / slowest
-    if not (scaled <= LOAD_LIMIT).all():
-        layer = int(np.argmax(~(scaled <= LOAD_LIMIT)))
+    layer = first_over_limit(totals, 1.0 / slowest)
+    if layer >= 0:
+        scaled = totals[layer] / slowest
         raise InputError(f"loads are too large for the topology's rank speeds: layer {layer} "
                          f"sums to {totals[layer]:.3g}, over the slowest rank's speed "
-                         f"{slowest:.3g} that is {scaled[layer]:.3g}; it must be at most "
+                         f"{slowest:.3g} that is {scaled:.3g}; it must be at most "
                          f"{LOAD_LIMIT:.0e} (only the loads' ratios matter: scale them down)")
+
+
+def first_over_limit(totals: np.ndarray, factor: float) -> int:
+    """The first index of ``totals`` (float64 [L]) whose product with ``factor`` exceeds
+    ``LOAD_LIMIT`` (or overflows), -1 if none."""
+    with np.errstate(over="ignore"):
+        within = totals * factor <= LOAD_LIMIT
+    return -1 if within.all() else int(np.argmin(within))
 
 
 @njit(cache=True, nogil=True)
