@@ -204,6 +204,20 @@ def test_plain_matrices(tmp_path):
     np.testing.assert_array_equal(read_placement(tmp_path / "p.npy"), placement.phy2log)
 
 
+def test_whole_floats_past_int64_stay_floats(tmp_path):
+    # Whole-number floats become int64 counts, but 1e308 cast to int64 is garbage (it read
+    # as a negative count): such loads stay float64 and solve() reports their size.
+    huge = np.full((2, 8), 1e308)
+    np.save(tmp_path / "huge.npy", huge)
+    stats = read_stats(tmp_path / "huge.npy")
+    assert stats.loads.dtype == np.float64
+    np.testing.assert_array_equal(stats.loads, huge)
+    with pytest.raises(InputError, match="loads are too large"):
+        plumb.solve(stats.loads, 4)
+    np.save(tmp_path / "big.npy", np.full((2, 8), 2.0 ** 62))
+    assert read_stats(tmp_path / "big.npy").loads.dtype == np.int64
+
+
 def test_detection_and_forced_formats(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"record_type": "eplb_load_meta"}) + "\n")
     (tmp_path / "b.json").write_text(json.dumps({"logical_count": [[1, 2]]}))

@@ -55,8 +55,10 @@ def _is_number(text: str) -> bool:
 
 
 def integral(array: np.ndarray) -> np.ndarray:
-    """int64 copy of ``array`` when every value is a whole number, else ``array`` unchanged."""
-    if array.dtype.kind == "f" and np.isfinite(array).all() and np.array_equal(array, np.round(array)):
+    """int64 copy of ``array`` when every value is a whole number within int64's range, else
+    ``array`` unchanged (a float past 2**63 would not survive the cast)."""
+    if (array.dtype.kind == "f" and (np.abs(array) < 2.0 ** 63).all()
+            and np.array_equal(array, np.round(array))):
         return array.astype(np.int64)
     return array
 
