@@ -161,6 +161,29 @@ def test_forced_stacking_when_ranks_have_more_slots_than_experts():
     assert p.logcnt.tolist() == [[3, 3]] or p.logcnt[0, 0] > p.logcnt[0, 1]
 
 
+def test_tens_of_thousands_of_slots_per_rank():
+    # The pair-exchange scratch grows as S**2: at S = 35,001 it asked numba for hundreds of
+    # gigabytes (MemoryError); pair exchanges now stop at PAIR_SLOTS_MAX slots per rank.
+    # 35,001 replicas of one expert on a rank also pass int16's range in the replica counts.
+    loads = np.array([[1.0, 2.0]])
+    p = plumb.solve(loads, 2, num_redundant=70_000)
+    check_invariants(p, loads)
+    assert p.logcnt.tolist() == [[23_334, 46_668]]
+    assert p.metrics.lb_gap_max < 1e-9
+
+
+def test_locality_pass_beyond_the_pair_exchange_limit():
+    # S = 100 > PAIR_SLOTS_MAX: the locality re-packing runs without pair exchanges.
+    rng = np.random.default_rng(0)
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=1)
+    loads = rng.lognormal(0.0, 1.0, (2, 8))
+    traffic = rng.lognormal(0.0, 1.0, (2, 2, 8))
+    balanced = plumb.solve(loads, topo, num_redundant=192)
+    local = plumb.solve(loads, topo, num_redundant=192, traffic=traffic)
+    check_invariants(local, loads)
+    assert (local.metrics.max_load <= balanced.metrics.max_load * (1 + 1e-12)).all()
+
+
 def test_stacks_two_pieces_of_a_hot_expert_when_that_beats_any_unstacked_packing():
     # Expert 0 gets the spare slot (5 + 5): unstacked, a rank holds 5 + 9 = 14 at best;
     # stacked, the ranks carry 5 + 5 and 9 + 1 (DeepSeek's packing too).

@@ -33,9 +33,10 @@ from .jit import kernel, largest
 from .mintree import tree_build, tree_min, tree_size, tree_update
 from .pack import descending_order
 from .workspace import (BUSY, BUSY_TREE, FLAT_ORDER, FLAT_W, INV_SPEED, LIGHT, LIGHT_TREE,
-                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, OWNER_LOAD, PAIR_ORDER,
-                        PAIR_SUM, PAIR_W1, PAIR_W2, PAIR_Y1, PAIR_Y2, POSITION, SLOTS_ITEM_E,
-                        SLOTS_ITEM_W, SLOTS_SLOT_ITEM, SORT_SCRATCH, TIME)
+                        LIGHTEST, OWN_W1, OWN_W2, OWN_X1, OWN_X2, OWNER, OWNER_LOAD,
+                        PAIR_ORDER, PAIR_SLOTS_MAX, PAIR_SUM, PAIR_W1, PAIR_W2, PAIR_Y1, PAIR_Y2,
+                        POSITION, SLOTS_ITEM_E, SLOTS_ITEM_W, SLOTS_SLOT_ITEM, SORT_SCRATCH,
+                        TIME)
 
 # A swap must lower the maximum by more than this fraction of it: avoids trading float noise.
 _MIN_GAIN = 1e-12
@@ -346,7 +347,8 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         forbid_dup: only accept moves that put no expert twice on one rank.
         max_swaps, max_pairs: bounds on accepted swaps and pair exchanges (a safety net; the
             search normally stops earlier).
-        partners: lightest ranks tried for pair exchanges when swaps are stuck (0: none).
+        partners: lightest ranks tried for pair exchanges when swaps are stuck (0: none;
+            none either beyond ``PAIR_SLOTS_MAX`` slots per rank, the workspace's limit).
         floor: stop once the busiest rank's time is at most this (a lower bound, or a time
             the caller cannot use anything below).
         fscratch, iscratch: the scratch of a ``workspace`` for >= m replicas on >= bins
@@ -401,7 +403,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
             partner = owner[y]
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
             swaps += 1
-        elif partners > 0 and bins > 1 and pairs < max_pairs:
+        elif partners > 0 and bins > 1 and slots <= PAIR_SLOTS_MAX and pairs < max_pairs:
             x1, x2, y1, y2 = _best_pair(item_w, item_e, slot_item, load, inv_speed, has,
                                         forbid_dup, h, best, partners, lightest, time,
                                         fscratch, iscratch)

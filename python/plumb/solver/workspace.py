@@ -25,6 +25,10 @@ from .mintree import tree_size
 
 # Counters of one radix-sort pass (a byte's values), kept at the end of the sort scratch.
 RADIX_COUNTS = 256
+# Pair exchanges (plumb.solver.refine) run up to this many slots per rank: their rows hold
+# S**2 entries, which at thousands of slots per rank (a single GPU holding every replica)
+# would be gigabytes of scratch.
+PAIR_SLOTS_MAX = 64
 
 # fscratch rows. m: replicas (ranks x slots); n: experts; b: ranks; t(x): tree leaves.
 ITEM_W = 0        # [m] the replica list of ``place``, heaviest first
@@ -83,7 +87,8 @@ INT_ROWS = 25
 def workspace(num_experts, bins, slots):
     """``(fscratch, iscratch)``: float64 / int64 scratch matrices for sub-problems of at most
     ``num_experts`` experts on ``bins`` ranks of ``slots`` slots each."""
-    width = max(bins * slots, tree_size(max(num_experts, bins)), slots * slots,
+    pair_slots = min(slots, PAIR_SLOTS_MAX)
+    width = max(bins * slots, tree_size(max(num_experts, bins)), pair_slots * pair_slots,
                 num_experts + 1) + RADIX_COUNTS
     return (np.empty((FLOAT_ROWS, width), dtype=np.float64),
             np.empty((INT_ROWS, width), dtype=np.int64))
