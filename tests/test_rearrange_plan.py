@@ -141,6 +141,8 @@ def test_inputs_accepted_in_other_forms():
     ([[[0, 1]]], [[[0, 1]]], 1, 1, {}, r"\[L, P\]"),
     ([[0, 1]], [[0, 1]], 1, -1, {}, "bytes_per_expert"),
     ([[0, 1]], [[0, 1]], 1, 1.5, {}, "bytes_per_expert"),
+    # 2**62 bytes per copy: the per-rank int64 byte totals of 2 copies would wrap negative.
+    ([[0, 1]], [[1, 0]], 1, 2 ** 62, {}, "bytes_per_expert = 4611686018427387904 is too large"),
     ([[0, 1]], [[0, 1]], 1, 1, {"num_experts": 0}, "num_experts"),
     ([[0, 1]], [[0, 1]], "two", 1, {}, "topo"),
 ])

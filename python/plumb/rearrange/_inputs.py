@@ -63,7 +63,8 @@ def check_placements(old_phy2log, new_phy2log, topo: TopologyLike, bytes_per_exp
     Checks: both placements are integer [L, P] of the same shape; P is a multiple of the
     topology's G; ids are in [0, num_experts) (``num_experts`` defaults to the largest id + 1);
     every expert a layer of ``new_phy2log`` needs is held by some slot of that layer in
-    ``old_phy2log`` (otherwise no rank could send it); ``bytes_per_expert`` is an int >= 0.
+    ``old_phy2log`` (otherwise no rank could send it); ``bytes_per_expert`` is an int >= 0
+    whose product with L * P fits int64 (the byte totals).
     """
     old = as_phy2log(old_phy2log, "old_phy2log")
     new = as_phy2log(new_phy2log, "new_phy2log")
@@ -78,6 +79,11 @@ def check_placements(old_phy2log, new_phy2log, topo: TopologyLike, bytes_per_exp
     if (not isinstance(bytes_per_expert, numbers.Integral) or isinstance(bytes_per_expert, bool)
             or bytes_per_expert < 0):
         raise InputError(f"bytes_per_expert must be an int >= 0, got {bytes_per_expert!r}")
+    # Byte totals are int64 sums of at most L * P copies.
+    if int(bytes_per_expert) * num_layers * num_slots >= 2 ** 63:
+        raise InputError(f"bytes_per_expert = {bytes_per_expert} is too large: times the "
+                         f"L * P = {num_layers * num_slots} slots it must stay below 2**63 "
+                         f"bytes")
     lowest = int(min(old.min(), new.min()))
     if lowest < 0:
         raise InputError(f"expert ids must be >= 0, found {lowest}")
