@@ -120,3 +120,26 @@ def test_traffic_cost_that_would_overflow(kwargs):
     with pytest.raises(InputError, match="traffic is too large"):
         plumb.evaluate(np.arange(8)[None, :], loads, topo, traffic=kwargs.get("traffic"),
                        dispatch=kwargs.get("dispatch", "even"))
+
+
+def test_torch_loads_of_any_float_dtype_and_layout():
+    torch = pytest.importorskip("torch")
+    loads = torch.tensor([[3.0, 1.0, 2.0, 5.0, 4.0, 1.0, 2.0, 3.0]])
+    want = plumb.solve(loads.numpy(), 4).phy2log
+    # numpy has no bfloat16 / float8, and a sparse tensor has no .numpy(): they raised
+    # TypeError from the conversion. These values are exact in every one of the dtypes.
+    for variant in (loads.bfloat16(), loads.to(torch.float8_e4m3fn), loads.half(),
+                    loads.to_sparse(), loads.clone().requires_grad_()):
+        np.testing.assert_array_equal(plumb.solve(variant, 4).phy2log, want)
+    traffic = torch.ones(1, 4, 8, dtype=torch.bfloat16)
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2)
+    assert plumb.solve(loads.numpy(), topo, traffic=traffic).metrics.traffic is not None
+
+
+def test_torch_loads_without_readable_values():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InputError, match="loads is a meta tensor"):
+        plumb.solve(torch.empty(2, 8, device="meta"), 4)
+    quantized = torch.quantize_per_tensor(torch.ones(2, 8), 0.1, 0, torch.quint8)
+    with pytest.raises(InputError, match="loads: cannot read the tensor's values"):
+        plumb.solve(quantized, 4)

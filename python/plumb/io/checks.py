@@ -11,12 +11,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..solver.validate import host_values
 
 
 def _as_array(values: Any, where: str, field: str) -> np.ndarray:
     """numpy view of nested lists, a numpy array or a torch tensor (any device)."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        values = values.detach().cpu().numpy()
+    values = host_values(values, f"{where}: field {field!r}")
     try:
         array = np.asarray(values)
     except (TypeError, ValueError):

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import InputError
-from ..solver.validate import LOAD_LIMIT, first_over_limit
+from ..solver.validate import LOAD_LIMIT, first_over_limit, host_values
 
 DISPATCH_MODES = ("even", "nearest")
 EVEN = 0
@@ -36,8 +36,7 @@ def as_load_slack(load_slack: Any) -> float:
 
 
 def _as_float_array(value: Any, name: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor, possibly on a device
-        value = value.detach().cpu().numpy()
+    value = host_values(value, name)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):

@@ -17,10 +17,32 @@ POLICIES = ("plumb", "deepseek")
 HIERARCHIES = ("auto", "global", "hierarchical")
 
 
+# The torch float dtypes numpy has; others (bfloat16, float8) are read as float32.
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def host_values(value: Any, name: str) -> Any:
+    """``value`` unchanged, or a torch tensor's values as a numpy array: from any device
+    and layout (sparse tensors densified), float dtypes numpy lacks widened to float32.
+    A tensor without readable values (meta device, quantized) raises InputError."""
+    if not (hasattr(value, "detach") and hasattr(value, "cpu")):
+        return value
+    if getattr(value, "is_meta", False):
+        raise InputError(f"{name} is a meta tensor: it holds no values to read")
+    tensor = value.detach()
+    try:
+        if str(tensor.layout) != "torch.strided":
+            tensor = tensor.to_dense()
+        if tensor.dtype.is_floating_point and str(tensor.dtype) not in _NUMPY_FLOATS:
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise InputError(f"{name}: cannot read the tensor's values ({exc})") from None
+
+
 def to_numpy(value: Any, name: str) -> np.ndarray:
-    """numpy view of a numpy array, torch tensor (any device) or nested list."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+    """numpy view of a numpy array, torch tensor (see :func:`host_values`) or nested list."""
+    value = host_values(value, name)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
