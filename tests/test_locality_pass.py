@@ -212,7 +212,7 @@ def test_node_means_and_stacked_count_match_numpy():
 
 
 def test_expert_rows_match_numpy():
-    from plumb.locality.refine import _expert_rows
+    from plumb.locality.refine import _expert_rows, _node_shares
 
     rng = np.random.default_rng(11)
     layer_tokens = rng.integers(0, 50, (8, 6)).astype(np.float64)
@@ -223,7 +223,8 @@ def test_expert_rows_match_numpy():
     shr = np.full((6, 8), -1.0)
     totals = np.empty(6)
     node_share = np.empty((6, 2))
-    _expert_rows(layer_tokens, cnt, node_ranks, tok, shr, totals, node_share)
+    _expert_rows(layer_tokens, cnt, tok, shr, totals)
+    _node_shares(layer_tokens, totals, node_ranks, node_share)
     column_sums = layer_tokens.sum(axis=0)
     assert np.array_equal(totals, column_sums)
     replicated = cnt > 1

@@ -261,8 +261,7 @@ def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch
         raise InputError(f"loads must be [L, E] (or [T, L, E]) with L = {placement.shape[0]} "
                          f"layers of phy2log, got {list(np.shape(loads))}")
     counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, weights.shape[1])
-    check_traffic_scale((weights if counts is None else counts).sum(axis=-1).reshape(
-        weights.shape[0], -1).sum(axis=1), topo.link_cost)
+    check_traffic_scale(weights, counts, topo.link_cost)
     tokens, share = source_traffic(counts, weights, topo.num_ranks, need_share)
     return placement, weights, topo, tokens, share, code, placement.shape[1] // topo.num_ranks
 

@@ -443,16 +443,15 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
 
 
 @kernel
-def _expert_rows(layer_tokens, cnt, node_ranks, tok, shr, totals, node_share):
+def _expert_rows(layer_tokens, cnt, tok, shr, totals):
     """What nearest routing reads of one layer's tokens (layer_tokens float64 [G, E]).
 
     Outputs: tok / shr float64 [E, G], the tokens and each source's share of them (1 / G
     where an expert received none), written for the replicated experts only (cnt int64 [E]
-    > 1; lone replicas route from token_cost); node_share float64 [E, nodes], each node's
-    share of every expert's sources (node_ranks int64 [nodes, gpn]; gpn / G where none);
-    totals float64 [E], each expert's tokens. Totals add the sources in order, as the
-    metrics' routing (``plumb.locality.dispatch``) does, so that both see the same replica
-    loads; all sums run over contiguous source rows (E independent sums, not E serial chains).
+    > 1; lone replicas route from token_cost); totals float64 [E], each expert's tokens.
+    Totals add the sources in order, as the metrics' routing (``plumb.locality.dispatch``)
+    does, so that both see the same replica loads; they run over contiguous source rows (E
+    independent sums, not E serial chains).
     """
     num_ranks, num_experts = layer_tokens.shape
     for e in range(num_experts):
@@ -468,6 +467,14 @@ def _expert_rows(layer_tokens, cnt, node_ranks, tok, shr, totals, node_share):
         for s in range(num_ranks):
             tok[e, s] = layer_tokens[s, e]
             shr[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
+
+
+@kernel
+def _node_shares(layer_tokens, totals, node_ranks, node_share):
+    """node_share float64 [E, nodes]: each node's share of every expert's sources (gpn / G
+    where an expert received none), from one layer's tokens (float64 [G, E]) and their totals
+    per expert (float64 [E], :func:`_expert_rows`); node_ranks int64 [nodes, gpn]."""
+    num_ranks, num_experts = layer_tokens.shape
     nodes, gpn = node_ranks.shape
     for n in range(nodes):
         for e in range(num_experts):
@@ -550,7 +557,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         tok = expert_tokens if routed else no_rows
         shr = shares if routed else no_rows
         if routed:
-            _expert_rows(tokens[layer], cnt, group_ranks, tok, shr, expert_total, node_share)
+            _expert_rows(tokens[layer], cnt, tok, shr, expert_total)
         before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, layer_cost,
                               nearest, routed, load, expert_cost)
         top = 0.0
@@ -564,6 +571,8 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
             node_means(layer_cost, group_ranks, pref)
+            if routed:
+                _node_shares(tokens[layer], expert_total, group_ranks, node_share)
             # Without replicated experts nothing can stack.
             stacked = _stacked(row, slots, num_experts) if most > 1 else 0
             # The most pinning whose packing fits the cap; the next level (more free

@@ -47,11 +47,13 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-def check_traffic_scale(totals: np.ndarray, link_cost: np.ndarray) -> None:
+def check_traffic_scale(weights: np.ndarray, traffic: Optional[np.ndarray],
+                        link_cost: np.ndarray) -> None:
     """Raises InputError unless every layer's traffic cost stays finite with room to spare:
-    the routed picks of a layer (``totals`` float64 [L], summed over sources and experts:
-    the traffic's, or the loads' when tokens originate uniformly) times the largest link
+    a layer's routed picks (``traffic`` float64 [L, G, E] summed, or the loads ``weights``
+    float64 [L, E] when it is None: tokens then originate uniformly) times the largest link
     cost (``link_cost`` float64 [G, G]) at most ``LOAD_LIMIT``."""
+    totals = weights.sum(axis=1) if traffic is None else traffic.sum(axis=(1, 2))
     largest_cost = float(link_cost.max()) if link_cost.size else 0.0
     layer = first_over_limit(totals, max(largest_cost, 1.0))
     if layer >= 0:

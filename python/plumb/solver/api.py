@@ -214,9 +214,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         traffic = locality.as_traffic(traffic, num_layers, num_ranks, num_experts)
     dispatch = as_choice(dispatch, "dispatch", locality.DISPATCH_MODES)
     if traffic is not None or dispatch != "even":
-        locality.check_traffic_scale(
-            weights.sum(axis=1) if traffic is None else traffic.sum(axis=(1, 2)),
-            topo.link_cost)
+        locality.check_traffic_scale(weights, traffic, topo.link_cost)
     load_slack = locality.as_load_slack(load_slack)
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)

@@ -9,9 +9,9 @@ from numba import njit
 
 from .bounds import layer_bound_with, replicated_bound
 from .jit import kernel
-from .pack import descending_order
+from .pack import descending_order, time_max
 from .mintree import tree_size
-from .place import place, time_max
+from .place import place
 from .placement import canonical_slots
 from .replicate import water_fill_into
 from .threads import run_layers, serial

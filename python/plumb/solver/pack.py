@@ -284,8 +284,14 @@ def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
             r = tree_min(tree)
             _lpt_add(item_w[i], r, slots, load, keys, fill, inv_speed)
             tree_update(keys, tree, r)
+    return time_max(load, speed)
+
+
+@kernel
+def time_max(load, speed):
+    """The busiest rank's ``load / speed`` (float64 [bins] each)."""
     top = 0.0
-    for r in range(bins):
+    for r in range(load.shape[0]):
         top = max(top, load[r] / speed[r])
     return top
 

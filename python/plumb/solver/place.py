@@ -23,7 +23,7 @@ from numba import njit
 
 from .jit import kernel, total
 from .mintree import tree_size
-from .pack import descending_order, lpt_loads, lpt_place, repair_duplicates
+from .pack import descending_order, lpt_loads, lpt_place, repair_duplicates, time_max
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, SHARE, SLOT_ITEM,
@@ -125,15 +125,6 @@ def pack_counts(weights, counts, speed, allow_dup, slot_e, slot_w, load, has, re
     sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     return pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine,
                       np.int64(0), 0.0, fscratch, iscratch)
-
-
-@kernel
-def time_max(load, speed):
-    """The busiest rank's ``load / speed`` (float64 [bins] each)."""
-    top = 0.0
-    for r in range(load.shape[0]):
-        top = max(top, load[r] / speed[r])
-    return top
 
 
 @kernel
