@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plumb.errors import InputError
-from plumb.locality import as_traffic, routing_table, traffic_metrics
+from plumb.locality import as_traffic, routing_table, source_traffic, traffic_metrics
 from plumb.topology import Topology
 
 
@@ -181,7 +181,9 @@ def test_validated_path_gives_identical_metrics(redundant, dispatch, uniform):
     topo, phy2log, loads, traffic = _random_case(7, redundant)
     counts = None if uniform else as_traffic(traffic, 3, topo.num_ranks, loads.shape[1])
     public = traffic_metrics(phy2log, loads, topo, counts, dispatch)
-    fast = validated_traffic_metrics(phy2log.astype(np.int64), loads, topo, counts, dispatch)
+    tokens, _ = source_traffic(counts, loads, topo.num_ranks, False)
+    fast = validated_traffic_metrics(phy2log.astype(np.int64), loads, topo, tokens, uniform,
+                                     dispatch)
     assert public.keys() == fast.keys()
     for key, value in public.items():
         if isinstance(value, np.ndarray):

@@ -14,8 +14,9 @@ from .dispatch import routing_table, traffic_metrics
 from .equivalence import interchangeable_ranks, placement_invariant
 from .refine import improve_locality
 from .solve_pass import locality_pass
-from .traffic import DISPATCH_MODES, as_load_slack, as_traffic, check_traffic_scale
+from .traffic import (DISPATCH_MODES, as_load_slack, as_traffic, check_traffic_scale,
+                      source_traffic)
 
 __all__ = ["DISPATCH_MODES", "as_load_slack", "as_traffic", "check_traffic_scale",
            "improve_locality", "interchangeable_ranks", "locality_pass", "placement_invariant",
-           "routing_table", "traffic_metrics"]
+           "routing_table", "source_traffic", "traffic_metrics"]

@@ -316,12 +316,12 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
 
 
 def validated_traffic_metrics(placement: np.ndarray, weights: np.ndarray, topo: Topology,
-                              counts: Optional[np.ndarray], dispatch: str) -> Dict[str, Any]:
+                              tokens: np.ndarray, uniform: bool, dispatch: str) -> Dict[str, Any]:
     """``traffic_metrics`` of inputs ``plumb.solve`` has validated: placement int64 [L, P],
-    weights float64 [L, E], counts float64 [L, G, E] from ``as_traffic`` (or None), dispatch
-    "even" | "nearest". The same numbers, without checking them again."""
-    tokens, _ = source_traffic(counts, weights, topo.num_ranks, False)
-    return _metrics_of(placement, weights, topo, tokens, dispatch_code(dispatch), counts is None)
+    weights float64 [L, E], tokens float64 [L, G, E] from ``source_traffic`` (``uniform``:
+    of no per-source traffic), dispatch "even" | "nearest". The same numbers, without
+    checking them again."""
+    return _metrics_of(placement, weights, topo, tokens, dispatch_code(dispatch), uniform)
 
 
 def _metrics_of(placement: np.ndarray, weights: np.ndarray, topo: Topology, tokens: np.ndarray,

@@ -31,7 +31,7 @@ from numba import njit
 
 from ..solver.jit import kernel
 from ..solver.pack import heaviest_first, repair_duplicates
-from ..solver.refine import refine_slots
+from ..solver.refine import refine_slots, sort_row
 from ..solver.workspace import workspace
 
 # Pair exchanges when the swap search is stuck above the cap: against this many of the
@@ -208,12 +208,22 @@ def repack_layer(slot_e, slots, weights, cnt, pref, node_share, speed, node_rank
     if stacked > 0 and forbid_dup:
         repair_duplicates(slot_e2, slot_w2, load, speed, has)
     # Only down to the cap: a packing within it is all the caller needs, and every swap
-    # more may move a pinned replica off its node.
-    fscratch, iscratch = workspace(num_experts, num_ranks, slots)
-    # Typed counts, not the literal constants: one compiled refine_slots for every caller
-    # (plumb.solver.jit).
-    refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16,
-                 np.int64(PAIR_STEPS), np.int64(PAIR_PARTNERS), cap, fscratch, iscratch)
+    # more may move a pinned replica off its node. Most packings fit at once; the search's
+    # setup (a sort of every replica, 200 KB of scratch) is then skipped, and only its
+    # slot order is reproduced (the swaps that may follow visit slots in order). Times as
+    # the search computes them (load * (1 / speed)), so that it would stop at once here too.
+    over = False
+    for r in range(num_ranks):
+        over = over or load[r] * (1.0 / speed[r]) > cap
+    if over:
+        fscratch, iscratch = workspace(num_experts, num_ranks, slots)
+        # Typed counts, not the literal constants: one compiled refine_slots for every
+        # caller (plumb.solver.jit).
+        refine_slots(slot_e2, slot_w2, load, speed, has, forbid_dup, 4 * num_items + 16,
+                     np.int64(PAIR_STEPS), np.int64(PAIR_PARTNERS), cap, fscratch, iscratch)
+    else:
+        for r in range(num_ranks):
+            sort_row(slot_e2, slot_w2, r)
     # Slot order within a rank is the caller's to fix (canonical order once, at the end).
     for r in range(num_ranks):
         for k in range(slots):

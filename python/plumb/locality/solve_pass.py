@@ -8,7 +8,6 @@ import numpy as np
 
 from .equivalence import placement_invariant
 from .refine import refine_validated
-from .traffic import source_traffic
 
 
 def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
@@ -30,11 +29,10 @@ def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
                            phy2log.shape[1] == context.weights.shape[1]):
         return phy2log
     nearest = context.dispatch == "nearest"
-    tokens, _ = source_traffic(context.traffic, context.weights, topo.num_ranks, False)
     keep = context.keep_node
     if keep is None:
         keep = np.zeros(phy2log.shape[0], dtype=np.bool_)
-    out, _ = refine_validated(phy2log, context.weights, topo, tokens,
+    out, _ = refine_validated(phy2log, context.weights, topo, context.tokens,
                               nearest, context.load_slack,
                               np.ascontiguousarray(keep, dtype=np.bool_), 2)
     # The same object when nothing moved, so that solve keeps the balancer's own scores.

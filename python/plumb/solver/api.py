@@ -30,7 +30,10 @@ class SolveContext(NamedTuple):
     named tuple because it is built on every call, at a fraction of a frozen dataclass's cost).
 
     weights: float64 [L, E]; window: float64 [T, L, E] or None; previous: int64 [L, P'] or
-    None; traffic: float64 [L, G, E] or None. dispatch: "even" | "nearest"; load_slack:
+    None; traffic: float64 [L, G, E] or None; tokens: float64 [L, G, E], the routed picks
+    per source rank (``traffic``, or each expert's load / G from every rank when it is
+    None), or None when traffic plays no part (no traffic, even dispatch); derived once per
+    call for the locality pass and the traffic metrics. dispatch: "even" | "nearest"; load_slack:
     float >= 0; winner: int8 [L], GLOBAL or HIERARCHICAL per layer (see ``keep_node``), or
     None; policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
     """
@@ -41,6 +44,7 @@ class SolveContext(NamedTuple):
     num_groups: int
     previous: Optional[np.ndarray]
     traffic: Optional[np.ndarray]
+    tokens: Optional[np.ndarray] = None
     dispatch: str = "even"
     load_slack: float = 0.0
     winner: Optional[np.ndarray] = None
@@ -213,8 +217,10 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if traffic is not None:
         traffic = locality.as_traffic(traffic, num_layers, num_ranks, num_experts)
     dispatch = as_choice(dispatch, "dispatch", locality.DISPATCH_MODES)
+    tokens = None
     if traffic is not None or dispatch != "even":
         locality.check_traffic_scale(weights, traffic, topo.link_cost)
+        tokens, _ = locality.source_traffic(traffic, weights, num_ranks, False)
     load_slack = locality.as_load_slack(load_slack)
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
@@ -251,7 +257,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         phy2log, logcnt, winner = _deepseek(weights, num_slots, num_groups, topo, hierarchy)
         rank_loads = candidates = None
 
-    context = SolveContext(weights, window, topo, num_groups, previous, traffic,
+    context = SolveContext(weights, window, topo, num_groups, previous, traffic, tokens,
                            dispatch=dispatch, load_slack=load_slack, winner=winner,
                            policy=policy, movement=options)
     for post_pass in _post_passes():
@@ -261,7 +267,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             logcnt = replica_counts(phy2log, num_experts)
             rank_loads = None
 
-    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch, validated=True)
+    flows = traffic_flows(phy2log, weights, topo, traffic, dispatch, tokens=tokens)
     nearest_loads = dispatched_rank_loads(flows)
     if nearest_loads is not None:
         rank_loads = nearest_loads

@@ -218,21 +218,23 @@ def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
 
 
 def traffic_flows(phy2log: np.ndarray, weights: np.ndarray, topo: Topology, traffic: Any,
-                  dispatch: str, validated: bool = False) -> Optional[Dict[str, Any]]:
+                  dispatch: str, tokens: Optional[np.ndarray] = None) -> Optional[Dict[str, Any]]:
     """``plumb.locality.traffic_metrics`` of a validated placement, or None without
     per-source ``traffic`` under even dispatch (on topologies built from levels no placement
     changes traffic then: ``plumb.locality.placement_invariant``).
 
-    ``validated``: ``traffic`` is already float64 [L, G, E] from ``as_traffic`` (or None) and
-    ``dispatch`` a known mode, as in ``solve``; the same numbers without checking them again
-    (``evaluate`` passes them as the user gave them).
+    ``tokens``: given (float64 [L, G, E], ``plumb.locality.source_traffic`` of ``traffic``),
+    ``traffic`` is already float64 [L, G, E] from ``as_traffic`` (or None) and ``dispatch``
+    a known mode, as in ``solve``; the same numbers without checking them again or deriving
+    the tokens a second time (``evaluate`` passes its inputs as the user gave them).
     """
     if traffic is None and dispatch == "even":
         return None
-    if validated:
+    if tokens is not None:
         from ..locality.dispatch import validated_traffic_metrics
 
-        return validated_traffic_metrics(phy2log, weights, topo, traffic, dispatch)
+        return validated_traffic_metrics(phy2log, weights, topo, tokens, traffic is None,
+                                         dispatch)
     # Checks ``dispatch`` too (``evaluate`` passes it unchecked).
     from ..locality import traffic_metrics
 
