@@ -251,3 +251,29 @@ def test_level_token_cost_matches_the_cost_matrix_product():
     level_token_cost(tokens, layout.node_id, layout.domain_id, layout.level_cost,
                      np.empty((2, 6)), np.empty((4, 6)), np.empty(6), np.empty((8, 6)), out)
     assert np.allclose(out, tokens.T @ topo.link_cost)
+
+
+@pytest.mark.parametrize("cap", [np.inf, 0.0])
+def test_repacking_leaves_each_rank_by_replica_load(cap):
+    # With the swap search (cap 0: every rank is above it) or without (cap inf: the LPT
+    # fits at once), each rank's slots come out by ascending replica load, ties by expert:
+    # the order the swaps that may follow visit them in.
+    from plumb.locality.repack import node_means, repack_layer
+
+    rng = np.random.default_rng(3)
+    topo = Topology.cluster(2, 4)
+    num_experts, slots = 20, 3
+    row = rng.permutation(np.r_[np.arange(num_experts), rng.integers(0, num_experts, 4)])
+    weights = rng.lognormal(0, 1, num_experts)
+    weights[5] = weights[6]
+    cnt = np.bincount(row, minlength=num_experts).astype(np.int64)
+    node_ranks = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], dtype=np.int64)
+    pref = np.empty((num_experts, 2))
+    node_means(rng.random((num_experts, 8)), node_ranks, pref)
+    out = np.empty_like(row)
+    repack_layer(row.astype(np.int64), slots, weights, cnt, pref, pref, np.ones(8), node_ranks,
+                 False, True, 0.99, cap, out)
+    assert np.array_equal(np.sort(out), np.sort(row))
+    for rank in out.reshape(8, slots):
+        keys = [(weights[e] / cnt[e], e) for e in rank]
+        assert keys == sorted(keys)
