@@ -277,3 +277,26 @@ def test_repacking_leaves_each_rank_by_replica_load(cap):
     for rank in out.reshape(8, slots):
         keys = [(weights[e] / cnt[e], e) for e in rank]
         assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("within_node_gain", [True, False])
+def test_node_bound_swaps_gain_only_within_the_node(within_node_gain):
+    # 2 nodes x 2 ranks, one slot each, equal loads (any swap keeps the balance). Moving any
+    # expert to the other node would pay most, but with keep_node only the swap within node
+    # 0 may happen, and only when it gains there.
+    from plumb.locality.swaps import fixed_load_swaps
+
+    token_cost = np.full((4, 4), 10.0)
+    token_cost[:, 2:] = 0.0  # the other node: forbidden under keep_node
+    if within_node_gain:
+        token_cost[0, 1] = token_cost[1, 0] = 5.0
+    slot_e = np.arange(4, dtype=np.int64)
+    load = np.ones(4)
+    swaps, change = fixed_load_swaps(slot_e, 1, np.ones(4, dtype=np.int64), np.ones(4),
+                                     np.ones(4, dtype=np.bool_), load, np.ones(4), token_cost,
+                                     np.array([0, 0, 1, 1]), True, 1e-6, 2)
+    if within_node_gain:
+        assert (swaps, change) == (1, -10.0) and slot_e.tolist() == [1, 0, 2, 3]
+    else:
+        assert (swaps, change) == (0, 0.0) and slot_e.tolist() == [0, 1, 2, 3]
+    assert load.tolist() == [1.0] * 4

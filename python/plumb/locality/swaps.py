@@ -52,12 +52,14 @@ def _headroom(load, limit):
 
 
 @njit(cache=True, nogil=True)
-def _reach(token_cost, e, g, c):
-    """(token_cost[e, g] - min over ranks of token_cost[e]) / c: what a replica on rank g of
-    expert e with c replicas gains at most by moving (token_cost float64 [E, G])."""
+def _reach(token_cost, e, g, c, node_of_rank, keep_node):
+    """(token_cost[e, g] - min over the ranks it may move to of token_cost[e]) / c: what a
+    replica on rank g of expert e with c replicas gains at most by moving (token_cost
+    float64 [E, G]); the ranks of g's node only under ``keep_node`` (node_of_rank int64 [G])."""
     low = token_cost[e, g]
     for r in range(token_cost.shape[1]):
-        low = min(low, token_cost[e, r])
+        if not keep_node or node_of_rank[r] == node_of_rank[g]:
+            low = min(low, token_cost[e, r])
     return (token_cost[e, g] - low) / c
 
 
@@ -101,11 +103,26 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
     num_slots = slot_e.shape[0]
     num_ranks = load.shape[0]
     num_experts = cnt.shape[0]
-    has = np.zeros((num_ranks, num_experts), dtype=np.int64)
     # Rank of each slot, looked up instead of divided out in the partner scan.
     rank_of = np.empty(num_slots, dtype=np.int64)
     for p in range(num_slots):
         rank_of[p] = p // slots
+    # The most a slot's replica could gain by moving anywhere it may go: a swap gains at most
+    # the sum of its two slots' (exact bound, as the cost is a sum over replicas). When no
+    # two slots together can gain min_gain there is nothing to search: at zero slack on
+    # hierarchical layers (moves within a node, whose ranks' costs differ only by NUMA and
+    # rank locality) that is the common case.
+    reach = np.empty(num_slots, dtype=np.float64)
+    first = second = 0.0
+    for p in range(num_slots):
+        reach[p] = _reach(token_cost, slot_e[p], rank_of[p], cnt[slot_e[p]], node_of_rank,
+                          keep_node)
+        if movable[p] and reach[p] > second:
+            first, second = max(first, reach[p]), min(first, reach[p])
+    if first + second <= min_gain:
+        return 0, 0.0
+    has = np.zeros((num_ranks, num_experts), dtype=np.int64)
+    for p in range(num_slots):
         has[rank_of[p], slot_e[p]] += 1
     # Slots by ascending load; a swap exchanges two entries of by_slot (the loads stay).
     by_slot = np.argsort(slot_load, kind="mergesort")
@@ -114,11 +131,6 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
     for k in range(num_slots):
         sorted_load[k] = slot_load[by_slot[k]]
         where[by_slot[k]] = k
-    # The most a slot's replica could gain by moving anywhere: a swap gains at most the sum
-    # of its two slots' (exact bound, as the cost is a sum over replicas).
-    reach = np.empty(num_slots, dtype=np.float64)
-    for p in range(num_slots):
-        reach[p] = _reach(token_cost, slot_e[p], rank_of[p], cnt[slot_e[p]])
     swaps = 0
     change = 0.0
     for _ in range(max_sweeps):
@@ -182,8 +194,8 @@ def fixed_load_swaps(slot_e, slots, cnt, slot_load, movable, load, limit, token_
             by_slot[kq] = p
             where[p] = kq
             where[q] = kp
-            reach[p] = _reach(token_cost, e2, g1, cnt[e2])
-            reach[q] = _reach(token_cost, e1, g2, c1)
+            reach[p] = _reach(token_cost, e2, g1, cnt[e2], node_of_rank, keep_node)
+            reach[q] = _reach(token_cost, e1, g2, c1, node_of_rank, keep_node)
             change -= best_gain
             swaps += 1
             improved += 1
