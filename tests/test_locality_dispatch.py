@@ -175,13 +175,16 @@ def _random_case(seed, redundant, explicit=False):
 @pytest.mark.parametrize("redundant", [False, True])
 @pytest.mark.parametrize("dispatch", ["even", "nearest"])
 @pytest.mark.parametrize("uniform", [False, True])
-def test_validated_path_gives_identical_metrics(redundant, dispatch, uniform):
+@pytest.mark.parametrize("explicit", [False, True])
+def test_validated_path_gives_identical_metrics(redundant, dispatch, uniform, explicit):
     from plumb.locality.dispatch import validated_traffic_metrics
 
-    topo, phy2log, loads, traffic = _random_case(7, redundant)
+    topo, phy2log, loads, traffic = _random_case(7, redundant, explicit)
     counts = None if uniform else as_traffic(traffic, 3, topo.num_ranks, loads.shape[1])
     public = traffic_metrics(phy2log, loads, topo, counts, dispatch)
-    tokens, _ = source_traffic(counts, loads, topo.num_ranks, False)
+    # solve's tokens: uniform sources compact ([L, 1, E]), the public function's in full.
+    tokens, _ = source_traffic(counts, loads, topo.num_ranks, False, compact=True)
+    assert tokens.shape[1] == (1 if uniform else topo.num_ranks)
     fast = validated_traffic_metrics(phy2log.astype(np.int64), loads, topo, tokens, uniform,
                                      dispatch)
     assert public.keys() == fast.keys()

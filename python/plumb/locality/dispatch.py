@@ -19,7 +19,7 @@ from ..solver.threads import run_layers
 from ..solver.validate import as_loads, as_phy2log, to_numpy
 from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
 from .equivalence import placement_invariant
-from .levels import group_sums, level_layout
+from .levels import group_sums, level_layout, source_row
 from .traffic import (DISPATCH_MODES, NEAREST, as_traffic, check_traffic_scale, dispatch_code,
                       source_traffic)
 
@@ -125,7 +125,9 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
     tokens source s sends to rank r, gathers each source's row over rank r's slots, and
     each rank pair's cost is read once). Replicated experts under nearest dispatch go through
     ``expert_routing`` with their source shares computed here for just those experts.
-    node_id, domain_id: int64 [G], dense node and NUMA-domain ids (``level_layout``).
+    tokens: float64 [L, G, E], or [L, 1, E] when every source sends the same
+    (``source_traffic(compact=True)``); node_id, domain_id: int64 [G], dense node and
+    NUMA-domain ids (``level_layout``).
     """
     num_slots = phy2log.shape[1]
     num_experts = weights.shape[1]
@@ -161,7 +163,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
             e = slot_e[p]
             g = p // slots
             f = spread[p]
-            own += f * tok[g, e]
+            own += f * tok[source_row(tok, g), e]
             in_domain += f * domain_sum[domain_id[g], e]
             in_node += f * node_sum[node_id[g], e]
             anywhere += f * total[e]
@@ -176,7 +178,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
         else:
             flow[:] = 0.0
             for s in range(num_ranks):
-                row = tok[s]
+                row = tok[source_row(tok, s)]
                 out = flow[s]
                 # Slot j of every rank in turn: G independent sums, not one serial chain.
                 for j in range(slots):
@@ -194,7 +196,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
                 replica_ranks(rep, e, c, slots, ranks)
                 total_e = 0.0
                 for s in range(num_ranks):
-                    column[s] = tok[s, e]
+                    column[s] = tok[source_row(tok, s), e]
                     total_e += column[s]
                 for s in range(num_ranks):
                     share[s] = column[s] / total_e if total_e > 0 else 1.0 / num_ranks
@@ -318,15 +320,16 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
 def validated_traffic_metrics(placement: np.ndarray, weights: np.ndarray, topo: Topology,
                               tokens: np.ndarray, uniform: bool, dispatch: str) -> Dict[str, Any]:
     """``traffic_metrics`` of inputs ``plumb.solve`` has validated: placement int64 [L, P],
-    weights float64 [L, E], tokens float64 [L, G, E] from ``source_traffic`` (``uniform``:
-    of no per-source traffic), dispatch "even" | "nearest". The same numbers, without
-    checking them again."""
+    weights float64 [L, E], tokens float64 [L, G, E] (or compact [L, 1, E]) from
+    ``source_traffic`` (``uniform``: of no per-source traffic), dispatch "even" | "nearest".
+    The same numbers, without checking them again."""
     return _metrics_of(placement, weights, topo, tokens, dispatch_code(dispatch), uniform)
 
 
 def _metrics_of(placement: np.ndarray, weights: np.ndarray, topo: Topology, tokens: np.ndarray,
                 code: int, uniform: bool) -> Dict[str, Any]:
-    """The ``traffic_metrics`` dict of validated inputs (tokens float64 [L, G, E])."""
+    """The ``traffic_metrics`` dict of validated inputs (tokens float64 [L, G, E], or
+    [L, 1, E] for uniform sources)."""
     dispatch = DISPATCH_MODES[code]
     slots = placement.shape[1] // topo.num_ranks
     num_layers = placement.shape[0]

@@ -51,11 +51,19 @@ def level_layout(topo: Topology) -> LevelLayout:
     return cached
 
 
+@njit(cache=True, nogil=True, inline="always")
+def source_row(tokens, s):
+    """The row of one layer's tokens (float64 [G, E], or [1, E] for sources that all send
+    the same) that source rank s sends."""
+    return s if tokens.shape[0] > 1 else 0
+
+
 @njit(cache=True, nogil=True)
 def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
-    """Each expert's tokens (tokens float64 [G, E], one layer) summed over the sources of
-    each node (node_sum [nodes, E]), of each NUMA domain (domain_sum [domains, E]) and over
-    all sources (total [E]); outputs overwritten.
+    """Each expert's tokens (tokens float64 [G, E], one layer, or [1, E]: every source sends
+    that row, see ``plumb.locality.traffic.source_traffic``) summed over the sources of each
+    node (node_sum [nodes, E]), of each NUMA domain (domain_sum [domains, E]) and over all
+    sources (total [E]); outputs overwritten.
 
     Ranks into domains, domains into their nodes, nodes into the total: each level adds up
     the rows of the one below (a domain lies in one node), over contiguous rows.
@@ -65,9 +73,9 @@ def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
     domain_sum[:] = 0.0
     total[:] = 0.0
     node_of_domain = np.empty(domain_sum.shape[0], dtype=np.int64)
-    for s in range(tokens.shape[0]):
+    for s in range(node_id.shape[0]):
         node_of_domain[domain_id[s]] = node_id[s]
-        row = tokens[s]
+        row = tokens[source_row(tokens, s)]
         out = domain_sum[domain_id[s]]
         for e in range(num_experts):
             out[e] += row[e]

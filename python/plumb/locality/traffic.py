@@ -86,7 +86,7 @@ def as_traffic(traffic: Any, num_layers: int, num_ranks: int, num_experts: int) 
 
 
 def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks: int,
-                   need_share: bool = True):
+                   need_share: bool = True, compact: bool = False):
     """Token counts per (layer, source, expert) and each expert's source shares.
 
     Args:
@@ -96,16 +96,22 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
         num_ranks: G.
         need_share: False when only the tokens are used (even dispatch): share is then an
             empty float64 [0, 0, 0].
+        compact: uniform sources' tokens as [L, 1, E], the one row every source sends,
+            for the kernels that read rows through ``plumb.locality.levels.source_row``
+            (the traffic metrics); ``full_tokens`` expands them. Saves building G copies.
 
     Returns:
-        (tokens float64 [L, G, E], share float64 [L, G, E]): ``share[l, :, e]`` sums to 1 over
+        (tokens float64 [L, G, E] (or [L, 1, E], ``compact``), share float64 [L, G, E]):
+        ``share[l, :, e]`` sums to 1 over
         sources (uniform where expert e received no traffic). Rank loads under nearest dispatch
         are ``weights * share`` routed, so they add up to the same loads as even dispatch.
     """
     num_layers, num_experts = weights.shape
     share = np.empty((0, 0, 0), dtype=np.float64)
     if traffic is None:
-        tokens = np.repeat((weights / num_ranks)[:, None, :], num_ranks, axis=1)
+        tokens = (weights / num_ranks)[:, None, :]
+        if not compact:
+            tokens = full_tokens(tokens, num_ranks)
         if need_share:
             share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
         return np.ascontiguousarray(tokens), share
@@ -113,6 +119,14 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
         share = np.empty_like(traffic)
         _source_shares(traffic, share)
     return traffic, share
+
+
+def full_tokens(tokens: np.ndarray, num_ranks: int) -> np.ndarray:
+    """``tokens`` float64 [L, G, E] as they are, or compact uniform ones [L, 1, E]
+    (``source_traffic(compact=True)``) repeated for each of the G sources."""
+    if tokens.shape[1] == num_ranks:
+        return tokens
+    return np.ascontiguousarray(np.repeat(tokens, num_ranks, axis=1))
 
 
 @njit(cache=True, nogil=True)

@@ -31,9 +31,10 @@ class SolveContext(NamedTuple):
 
     weights: float64 [L, E]; window: float64 [T, L, E] or None; previous: int64 [L, P'] or
     None; traffic: float64 [L, G, E] or None; tokens: float64 [L, G, E], the routed picks
-    per source rank (``traffic``, or each expert's load / G from every rank when it is
-    None), or None when traffic plays no part (no traffic, even dispatch); derived once per
-    call for the locality pass and the traffic metrics. dispatch: "even" | "nearest"; load_slack:
+    per source rank (``traffic``), or [L, 1, E] without it (each expert's load / G, what
+    every rank sends: ``plumb.locality.traffic.source_traffic(compact=True)``), or None when
+    traffic plays no part (no traffic, even dispatch); derived once per call for the
+    locality pass and the traffic metrics. dispatch: "even" | "nearest"; load_slack:
     float >= 0; winner: int8 [L], GLOBAL or HIERARCHICAL per layer (see ``keep_node``), or
     None; policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
     """
@@ -220,7 +221,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     tokens = None
     if traffic is not None or dispatch != "even":
         locality.check_traffic_scale(weights, traffic, topo.link_cost)
-        tokens, _ = locality.source_traffic(traffic, weights, num_ranks, False)
+        tokens, _ = locality.source_traffic(traffic, weights, num_ranks, False, compact=True)
     load_slack = locality.as_load_slack(load_slack)
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
