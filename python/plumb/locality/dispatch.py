@@ -252,9 +252,9 @@ def check_phy2log(phy2log: Any, num_experts: int, topo: Topology) -> np.ndarray:
 
 
 def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch: str,
-            need_share: bool = True):
-    """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], share, code, S);
-    share is empty [0, 0, 0] unless ``need_share``."""
+            compact: bool = False):
+    """Validated (phy2log [L, P], weights [L, E], topo, tokens [L, G, E], code, S); tokens
+    of uniform sources as [L, 1, E] if ``compact`` (``source_traffic``)."""
     code = dispatch_code(dispatch)
     topo = as_topology(topo)
     weights, _ = as_loads(loads)
@@ -264,8 +264,8 @@ def prepare(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any, dispatch
                          f"layers of phy2log, got {list(np.shape(loads))}")
     counts = as_traffic(traffic, placement.shape[0], topo.num_ranks, weights.shape[1])
     check_traffic_scale(weights, counts, topo.link_cost)
-    tokens, share = source_traffic(counts, weights, topo.num_ranks, need_share)
-    return placement, weights, topo, tokens, share, code, placement.shape[1] // topo.num_ranks
+    tokens, _ = source_traffic(counts, weights, topo.num_ranks, False, compact)
+    return placement, weights, topo, tokens, code, placement.shape[1] // topo.num_ranks
 
 
 def routing_table(phy2log: Any, topo: TopologyLike, num_experts: Optional[int] = None) -> np.ndarray:
@@ -312,8 +312,8 @@ def traffic_metrics(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any =
             loads for "even").
         routing_table: int64 [L, G, E] for "nearest" (see ``routing_table``), else None.
     """
-    placement, weights, topo, tokens, _, code, _ = prepare(phy2log, loads, topo, traffic,
-                                                           dispatch, False)
+    placement, weights, topo, tokens, code, _ = prepare(phy2log, loads, topo, traffic,
+                                                        dispatch, compact=True)
     return _metrics_of(placement, weights, topo, tokens, code, traffic is None)
 
 

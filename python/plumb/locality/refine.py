@@ -671,8 +671,8 @@ def improve_locality(phy2log: Any, loads: Any, topo: TopologyLike, traffic: Any 
         "traffic_after" float64 [L], "repacked" bool [L]). Replica counts (logcnt) are
         unchanged; each rank's slots are sorted by expert id.
     """
-    placement, weights, topo, tokens, _, code, _ = prepare(phy2log, loads, topo, traffic,
-                                                          dispatch, False)
+    placement, weights, topo, tokens, code, _ = prepare(phy2log, loads, topo, traffic,
+                                                       dispatch)
     slack = as_load_slack(load_slack)
     if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) or max_sweeps < 1:
         raise InputError(f"max_sweeps must be an int >= 1, got {max_sweeps!r}")
