@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import plumb
 from plumb.errors import InputError
 from plumb.locality import improve_locality, traffic_metrics
 from plumb.topology import Topology
@@ -300,3 +301,29 @@ def test_node_bound_swaps_gain_only_within_the_node(within_node_gain):
     else:
         assert (swaps, change) == (0, 0.0) and slot_e.tolist() == [0, 1, 2, 3]
     assert load.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+def test_compact_uniform_tokens_give_the_same_pass(dispatch):
+    # solve hands the pass uniform sources' tokens as one row per layer ([L, 1, E]); the
+    # kernels must read it as every source's row, exactly as the repeated [L, G, E].
+    from plumb.locality.refine import refine_validated
+    from plumb.locality.traffic import source_traffic
+
+    rng = np.random.default_rng(8)
+    topo = Topology.cluster(2, 4, 2)
+    loads = rng.lognormal(0, 1, (3, 16))
+    balanced = plumb.solve(loads, topo, num_redundant=8)
+    keep = np.zeros(3, dtype=np.bool_)
+    runs = []
+    for compact in (False, True):
+        tokens, _ = source_traffic(None, loads, topo.num_ranks, False, compact=compact)
+        assert tokens.shape[1] == (1 if compact else topo.num_ranks)
+        runs.append(refine_validated(balanced.phy2log, loads, topo, tokens,
+                                     dispatch == "nearest", 0.0, keep, 2))
+    (full, full_info), (compact, compact_info) = runs
+    assert np.array_equal(full, compact)
+    for key in full_info:
+        assert np.array_equal(full_info[key], compact_info[key]), key
+    if dispatch == "nearest":
+        assert full_info["repacked"].any()

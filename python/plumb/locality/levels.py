@@ -94,7 +94,8 @@ def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
 def level_token_cost(tokens, node_id, domain_id, level_cost, node_sum, domain_sum, total, rows,
                      out):
     """out[e, g] (float64 [E, G]): what all of expert e's tokens cost when served on rank g,
-    for one layer's tokens (float64 [G, E]) on a topology whose costs are constant on each
+    for one layer's tokens (float64 [G, E], or [1, E]: see :func:`source_row`) on a
+    topology whose costs are constant on each
     level (``level_cost`` float64 [4]): its own rank's tokens at the same-rank cost, the rest
     of its domain, of its node and of the cluster at theirs. O(G E) instead of the O(G^2 E)
     product tokens.T @ cost; node_sum / domain_sum / total: scratch as in ``group_sums``;
@@ -106,8 +107,9 @@ def level_token_cost(tokens, node_id, domain_id, level_cost, node_sum, domain_su
     cross_node = level_cost[3]
     # Rank-major first (contiguous, vectorised), then one transpose: writing [E, G] directly
     # scatters every store and took about twice as long.
-    for g in range(tokens.shape[0]):
-        own = tokens[g]
+    num_ranks = node_id.shape[0]
+    for g in range(num_ranks):
+        own = tokens[source_row(tokens, g)]
         domain = domain_sum[domain_id[g]]
         node = node_sum[node_id[g]]
         row = rows[g]
@@ -115,5 +117,5 @@ def level_token_cost(tokens, node_id, domain_id, level_cost, node_sum, domain_su
             row[e] = (same_rank * own[e] + same_domain * (domain[e] - own[e])
                       + same_node * (node[e] - domain[e]) + cross_node * (total[e] - node[e]))
     for e in range(tokens.shape[1]):
-        for g in range(tokens.shape[0]):
+        for g in range(num_ranks):
             out[e, g] = rows[g, e]

@@ -46,10 +46,10 @@ from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
-from .levels import level_layout, level_token_cost
+from .levels import level_layout, level_token_cost, source_row
 from .repack import PIN_FILLS, node_means, repack_layer
 from .swaps import exchange_slots, fixed_load_swaps
-from .traffic import NEAREST, as_load_slack
+from .traffic import NEAREST, as_load_slack, full_tokens
 
 # Swaps gaining less than this fraction of the layer's traffic cost are not taken: thousands
 # of such swaps per layer (NUMA reshuffles, multinomial noise) cost most of the search time
@@ -444,7 +444,8 @@ def _swap_pass(slot_e, slots, weights, tok, shr, cost, level, token_cost, node_o
 
 @kernel
 def _expert_rows(layer_tokens, cnt, tok, shr, totals):
-    """What nearest routing reads of one layer's tokens (layer_tokens float64 [G, E]).
+    """What nearest routing reads of one layer's tokens (layer_tokens float64 [G, E], or
+    [1, E]: ``plumb.locality.levels.source_row``).
 
     Outputs: tok / shr float64 [E, G], the tokens and each source's share of them (1 / G
     where an expert received none), written for the replicated experts only (cnt int64 [E]
@@ -453,11 +454,11 @@ def _expert_rows(layer_tokens, cnt, tok, shr, totals):
     does, so that both see the same replica loads; they run over contiguous source rows (E
     independent sums, not E serial chains).
     """
-    num_ranks, num_experts = layer_tokens.shape
+    num_ranks, num_experts = tok.shape[1], layer_tokens.shape[1]
     for e in range(num_experts):
         totals[e] = 0.0
     for s in range(num_ranks):
-        row = layer_tokens[s]
+        row = layer_tokens[source_row(layer_tokens, s)]
         for e in range(num_experts):
             totals[e] += row[e]
     for e in range(num_experts):
@@ -465,22 +466,23 @@ def _expert_rows(layer_tokens, cnt, tok, shr, totals):
             continue
         total = totals[e]
         for s in range(num_ranks):
-            tok[e, s] = layer_tokens[s, e]
+            tok[e, s] = layer_tokens[source_row(layer_tokens, s), e]
             shr[e, s] = tok[e, s] / total if total > 0 else 1.0 / num_ranks
 
 
 @kernel
 def _node_shares(layer_tokens, totals, node_ranks, node_share):
     """node_share float64 [E, nodes]: each node's share of every expert's sources (gpn / G
-    where an expert received none), from one layer's tokens (float64 [G, E]) and their totals
-    per expert (float64 [E], :func:`_expert_rows`); node_ranks int64 [nodes, gpn]."""
-    num_ranks, num_experts = layer_tokens.shape
+    where an expert received none), from one layer's tokens (float64 [G, E], or [1, E]:
+    ``plumb.locality.levels.source_row``) and their totals per expert (float64 [E],
+    :func:`_expert_rows`); node_ranks int64 [nodes, gpn], every rank in one group."""
+    num_ranks, num_experts = node_ranks.size, layer_tokens.shape[1]
     nodes, gpn = node_ranks.shape
     for n in range(nodes):
         for e in range(num_experts):
             node_share[e, n] = 0.0
         for i in range(gpn):
-            row = layer_tokens[node_ranks[n, i]]
+            row = layer_tokens[source_row(layer_tokens, node_ranks[n, i])]
             for e in range(num_experts):
                 node_share[e, n] += row[e]
         for e in range(num_experts):
@@ -695,15 +697,18 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
                      keep: np.ndarray, max_sweeps: int):
     """``improve_locality`` on validated inputs (``plumb.solve`` has validated them already).
 
-    placement int64 [L, P]; weights float64 [L, E]; tokens float64 [L, G, E]
-    (``source_traffic``); keep bool [L]. Returns what ``improve_locality`` returns.
+    placement int64 [L, P]; weights float64 [L, E]; tokens float64 [L, G, E], or [L, 1, E]
+    for uniform sources (``source_traffic(compact=True)``); keep bool [L]. Returns what
+    ``improve_locality`` returns.
     """
     num_layers = placement.shape[0]
     out = placement.copy()
     stats = np.zeros((num_layers, 4))
     layout = level_layout(topo)
     if layout.level_cost is None:
-        # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel.
+        # One batched BLAS product instead of an O(E G^2) loop per layer inside the kernel
+        # (on every source's row: compact tokens are expanded).
+        tokens = full_tokens(tokens, topo.num_ranks)
         token_cost = np.ascontiguousarray(np.matmul(tokens.transpose(0, 2, 1), topo.link_cost))
         level_cost = np.zeros(0)
     else:

@@ -8,7 +8,6 @@ import numpy as np
 
 from .equivalence import placement_invariant
 from .refine import refine_validated
-from .traffic import full_tokens
 
 
 def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
@@ -33,8 +32,7 @@ def locality_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
     keep = context.keep_node
     if keep is None:
         keep = np.zeros(phy2log.shape[0], dtype=np.bool_)
-    out, _ = refine_validated(phy2log, context.weights, topo,
-                              full_tokens(context.tokens, topo.num_ranks),
+    out, _ = refine_validated(phy2log, context.weights, topo, context.tokens,
                               nearest, context.load_slack,
                               np.ascontiguousarray(keep, dtype=np.bool_), 2)
     # The same object when nothing moved, so that solve keeps the balancer's own scores.
