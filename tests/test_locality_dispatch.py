@@ -134,6 +134,34 @@ def test_nearest_routing_table_and_loads_are_consistent(case):
     assert m["traffic"] <= even["traffic"] + 1e-9
 
 
+@pytest.mark.parametrize("value, valid", [
+    (0.0, True), (-0.0, True), (5e-324, True), (1e308, True), (-5e-324, False), (-1.0, False),
+    (np.inf, False), (-np.inf, False), (np.nan, False), (-np.nan, False)])
+def test_traffic_values_checked_one_by_one(value, valid):
+    counts = np.ones((2, 4, 5))
+    counts[1, 3, 2] = value
+    if valid:
+        assert as_traffic(counts, 2, 4, 5)[1, 3, 2] == value
+    else:
+        with pytest.raises(InputError, match="finite counts >= 0"):
+            as_traffic(counts, 2, 4, 5)
+
+
+@pytest.mark.parametrize("count, fits", [(1.5e298, True), (1.6e298, False)])
+def test_traffic_scale_at_the_limit(count, fits):
+    # Layer 1 routes 8 * count picks over links of cost at most 8: the limit is 1e300.
+    from plumb.locality import check_traffic_scale
+
+    counts = np.zeros((2, 2, 4))
+    counts[1] = count
+    cost = np.full((2, 2), 8.0)
+    if fits:
+        check_traffic_scale(np.ones((2, 4)), counts, cost)
+    else:
+        with pytest.raises(InputError, match="layer 1 routes 1.28e[+]299 picks"):
+            check_traffic_scale(np.ones((2, 4)), counts, cost)
+
+
 def test_traffic_shapes_and_errors():
     window = np.ones((3, 2, 4, 5))
     assert as_traffic(window, 2, 4, 5).tolist() == np.full((2, 4, 5), 3.0).tolist()
