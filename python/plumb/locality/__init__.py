@@ -3,6 +3,8 @@
 - ``traffic_metrics``: traffic cost, cross-node / cross-NUMA fractions, rank loads under a
   dispatch model ("even" or "nearest") and the nearest-replica routing table.
 - ``routing_table``: per source rank, the slot each expert maps to (SGLang static dispatch).
+- ``source_traffic``: the routed picks per (layer, source rank, expert) the kernels read: the
+  traffic given, or each expert's load / G from every rank (uniform sources).
 - ``improve_locality``: after balancing, swap replicas to cut traffic within a load slack;
   ``locality_pass`` runs it inside ``plumb.solve``.
 - ``interchangeable_ranks``: classes of ranks whose contents can be permuted without changing
