@@ -195,6 +195,11 @@ class Topology:
         return int(self.node_of_rank.shape[0])
 
     @cached_property
+    def slowest_speed(self) -> float:
+        """The smallest rank speed (the load limits divide by it; read on every solve)."""
+        return float(self.rank_speed.min())
+
+    @cached_property
     def num_nodes(self) -> int:
         """Number of distinct nodes."""
         return int(np.unique(self.node_of_rank).size)

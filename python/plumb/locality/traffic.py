@@ -114,7 +114,7 @@ def source_traffic(traffic: Optional[np.ndarray], weights: np.ndarray, num_ranks
             tokens = full_tokens(tokens, num_ranks)
         if need_share:
             share = np.full((num_layers, num_ranks, num_experts), 1.0 / num_ranks)
-        return np.ascontiguousarray(tokens), share
+        return tokens, share
     if need_share:
         share = np.empty_like(traffic)
         _source_shares(traffic, share)
@@ -126,7 +126,7 @@ def full_tokens(tokens: np.ndarray, num_ranks: int) -> np.ndarray:
     (``source_traffic(compact=True)``) repeated for each of the G sources."""
     if tokens.shape[1] == num_ranks:
         return tokens
-    return np.ascontiguousarray(np.repeat(tokens, num_ranks, axis=1))
+    return np.repeat(tokens, num_ranks, axis=1)
 
 
 @njit(cache=True, nogil=True)

@@ -226,7 +226,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
     node_ranks, speed = kernel_topology(topo)
-    check_load_scale(weights, float(speed.min()))
+    check_load_scale(weights, topo.slowest_speed)
     solved = None
 
     if policy == "plumb":
