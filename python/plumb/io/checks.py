@@ -6,12 +6,33 @@ key '5_2'"``, ``"mapping.json"``; ``field`` names the field inside it.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+import zipfile
+import zlib
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 from ..solver.validate import host_values
+
+
+@contextlib.contextmanager
+def file_errors(where: str) -> Iterator[None]:
+    """Turns the errors of reading an unreadable or damaged file into one InputError naming
+    ``where``: a directory or a file without permission (OSError), bytes that are not UTF-8,
+    JSON nested too deeply for the parser (RecursionError), a truncated or corrupt archive
+    (zipfile, zlib, EOFError), a number too large for its type (OverflowError)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to read") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, OverflowError) as err:
+        raise InputError(f"{where}: cannot read it ({type(err).__name__}: {err})") from None
 
 
 def _as_array(values: Any, where: str, field: str) -> np.ndarray:
@@ -22,7 +43,8 @@ def _as_array(values: Any, where: str, field: str) -> np.ndarray:
     except (TypeError, ValueError):
         raise InputError(f"{where}: field {field!r} is ragged (rows of different lengths)") from None
     if array.dtype == object:
-        raise InputError(f"{where}: field {field!r} is ragged (rows of different lengths)")
+        raise InputError(f"{where}: field {field!r} is ragged (rows of different lengths) or "
+                         "holds integers beyond 64 bits")
     return array
 
 
@@ -43,6 +65,9 @@ def count_array(values: Any, where: str, field: str, ndim: Optional[int] = None)
         raise InputError(f"{where}: field {field!r} holds NaN or inf")
     if (array < 0).any():
         raise InputError(f"{where}: field {field!r} holds negative counts")
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{where}: field {field!r} holds a count above 2**63 - 1 "
+                         f"({array.max()}); counts are read as int64")
     if array.dtype.kind in "iu":
         return array.astype(np.int64)
     return array.astype(np.float64)

@@ -20,9 +20,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..solver.validate import as_int
 from . import matrix, npz, sglang, trtllm, vllm
 from .atomic import PathLike
-from .checks import count_array, expert_table, step_selection
+from .checks import count_array, expert_table, file_errors, step_selection
 from .npz import PlumbStats
 
 FORMATS = ("vllm", "sglang", "trtllm", "plumb", "npy", "csv")
@@ -76,7 +77,15 @@ def read_stats(path: PathLike, format: Optional[str] = None, steps: Any = None,
         counts int64 when integral, else float64. ``meta["source_format"]`` names the format;
         ``meta["steps"]`` the kept step ids; ``placement`` the phy2log [L, P] the counts were
         recorded under, when the file says.
+        A file that cannot be read (a directory where a file is expected, no permission,
+        damaged or non-UTF-8 content) raises InputError naming it, as malformed content does.
     """
+    with file_errors(os.fspath(path)):
+        return _read_stats(path, format, steps, progress)
+
+
+def _read_stats(path: PathLike, format: Optional[str], steps: Any,
+                progress: Optional[Any]) -> PlumbStats:
     name = _format(path, format, FORMATS)
     if name == "vllm":
         return vllm.read_vllm_stats(path, steps, progress)
@@ -119,8 +128,13 @@ def read_placement(path: PathLike, format: Optional[str] = None) -> np.ndarray:
     vLLM: an ``eplb_initial_mapping`` JSONL, or a stats JSONL (its last ``p2l_map``); SGLang:
     ``physical_to_logical_map``; TensorRT-LLM: placement YAML; plumb: placement .npz (or a
     stats .npz's ``placement``); npy / csv: an integer table. Layers come in ascending layer
-    id order.
+    id order. Unreadable files raise InputError as in :func:`read_stats`.
     """
+    with file_errors(os.fspath(path)):
+        return _read_placement(path, format)
+
+
+def _read_placement(path: PathLike, format: Optional[str]) -> np.ndarray:
     name = _format(path, format, FORMATS)
     where = os.fspath(path)
     if name == "vllm":
@@ -175,8 +189,13 @@ def write_placement(path: PathLike, phy2log: Any, format: Optional[str] = None,
     if hasattr(phy2log, "phy2log"):
         num_experts = phy2log.num_experts if num_experts is None else num_experts
         phy2log = phy2log.phy2log
+    if num_experts is not None:
+        num_experts = as_int(num_experts, "num_experts", 1)
     table = expert_table(phy2log, os.fspath(path), "phy2log", num_experts)
-    num_experts = int(table.max()) + 1 if num_experts is None else int(num_experts)
+    num_experts = int(table.max()) + 1 if num_experts is None else num_experts
+    if num_experts > table.shape[1]:
+        raise InputError(f"num_experts = {num_experts} is more than the {table.shape[1]} slots "
+                         "per layer of phy2log: every expert needs a slot (P >= E)")
     name = output_format(path, format)
     if name == "vllm":
         vllm.write_vllm_mapping(path, table, num_experts)

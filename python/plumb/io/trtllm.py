@@ -171,9 +171,15 @@ def write_trtllm_placement(path: PathLike, phy2log: np.ndarray,
     """
     yaml = _import("yaml", os.fspath(path), "pyyaml")
     table = np.asarray(phy2log, dtype=np.int64)
-    ids = list(range(table.shape[0])) if layer_ids is None else [int(i) for i in layer_ids]
+    ids = list(range(table.shape[0])) if layer_ids is None else list(layer_ids)
     if len(ids) != table.shape[0]:
         raise InputError(f"layer_ids has {len(ids)} entries for {table.shape[0]} layers")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+               and i >= 0 for i in ids):
+        raise InputError(f"layer_ids must be ints >= 0, got {ids}")
+    ids = [int(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"layer_ids must be distinct (one YAML key per layer), got {ids}")
     config = {"num_slots": int(table.shape[1]),
               "initial_global_assignments": dict(zip(ids, table.tolist())),
               "layer_updates_per_iter": int(layer_updates_per_iter)}

@@ -105,7 +105,7 @@ def read_vllm_stats(path: PathLike, steps: Any = None, progress: Progress = None
     name = os.fspath(path)
     meta: Optional[Dict[str, Any]] = None
     step_ids: List[int] = []
-    logical: List[np.ndarray] = []      # float64 [L, E] per record
+    logical: List[np.ndarray] = []      # [L, E] per record (int64 for integer loads)
     maps: List[np.ndarray] = []         # the distinct p2l maps, in order of appearance
     map_of_record: List[int] = []
     integral = True
@@ -128,7 +128,8 @@ def read_vllm_stats(path: PathLike, steps: Any = None, progress: Progress = None
         if not maps or not np.array_equal(maps[-1], p2l):
             maps.append(p2l)
         map_of_record.append(len(maps) - 1)
-        logical.append(_logical_loads(load, p2l, shape[1] - meta["num_redundant_experts"]))
+        logical.append(_logical_loads(load, p2l, shape[1] - meta["num_redundant_experts"],
+                                      where))
         integral &= load.dtype == np.int64
     if meta is None:
         raise InputError(f"{name}: empty file; expected a {META_TYPE!r} record")
@@ -168,12 +169,28 @@ def _stats_record(record: Dict[str, Any], meta: Dict[str, Any],
     return step, load, p2l
 
 
-def _logical_loads(load: np.ndarray, p2l: np.ndarray, num_experts: int) -> np.ndarray:
-    """float64 [L, E]: per-slot ``load`` [L, P] summed into the experts ``p2l`` [L, P] names."""
+def _logical_loads(load: np.ndarray, p2l: np.ndarray, num_experts: int, where: str
+                   ) -> np.ndarray:
+    """[L, E]: per-slot ``load`` [L, P] summed into the experts ``p2l`` [L, P] names; int64
+    (exact) for int64 loads, else float64. Sums past int64 raise InputError naming ``where``."""
     num_layers = load.shape[0]
     offsets = (np.arange(num_layers, dtype=np.int64) * num_experts)[:, None]
-    return np.bincount((p2l + offsets).ravel(), weights=load.ravel(),
-                       minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+    flat = (p2l + offsets).ravel()
+    size = num_layers * num_experts
+    sums = np.bincount(flat, weights=load.ravel(), minlength=size).reshape(num_layers, num_experts)
+    if load.dtype != np.int64:
+        return sums
+    # Float sums of integers are exact below 2**53; above, the counts are summed again as
+    # integers (np.add.at: slower, rarely needed), once it is clear they fit int64.
+    largest = sums.max(initial=0.0)
+    if largest >= 2.0 ** 63:
+        raise InputError(f"{where}: field 'expert_load' sums to {largest:.4g} tokens for one "
+                         "expert, past int64")
+    if largest < 2.0 ** 53:
+        return sums.astype(np.int64)
+    exact = np.zeros(size, dtype=np.int64)
+    np.add.at(exact, flat, load.ravel())
+    return exact.reshape(num_layers, num_experts)
 
 
 def write_vllm_stats(path: PathLike, expert_load: np.ndarray, p2l_map: np.ndarray,
@@ -231,11 +248,20 @@ def read_vllm_mapping(path: PathLike) -> np.ndarray:
 def layer_rows(assignments: Dict[Any, Any], where: str, field: str) -> np.ndarray:
     """Rows of ``{layer id: [P ids]}`` stacked in ascending layer id order, as int64 [L, P]."""
     rows = []
+    seen = set()
     for key, row in assignments.items():
-        try:
+        # Only whole numbers: int() would also take True, 0.5 or " 1" and fold them onto
+        # other layers.
+        if isinstance(key, str) and key.isascii() and key.isdigit():
             layer = int(key)
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: field {field!r} key {key!r} is not a layer number") from None
+        elif isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+            layer = key
+        else:
+            raise InputError(f"{where}: field {field!r} key {key!r} is not a layer number "
+                             "(an int >= 0)")
+        if layer in seen:
+            raise InputError(f"{where}: field {field!r} names layer {layer} twice")
+        seen.add(layer)
         rows.append((layer, row))
     rows.sort(key=lambda item: item[0])
     lengths = {len(row) if isinstance(row, list) else -1 for _, row in rows}
