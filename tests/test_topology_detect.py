@@ -100,6 +100,19 @@ def test_parse_errors_are_clear():
         parse_topo_matrix(asym)
     with pytest.raises(InputError, match="has no row"):
         parse_topo_matrix("\tGPU0\tGPU1\tCPU Affinity\nGPU0\t X \tNV1\t0-3\n")
+    header = "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\n"
+    good = header + "GPU0\t X \tNV1\t0-3\t0\nGPU1\tNV1\t X \t0-3\t0\n"
+    assert parse_topo_matrix(good).numa_affinity == (0, 0)
+    # A GPU the header does not name would silently shrink the topology.
+    with pytest.raises(InputError, match="row GPU2 is not a column of the header"):
+        parse_topo_matrix(good + "GPU2\tNV1\tNV1\t X \t0-3\t0\n")
+    # An extra link cell would shift the affinity columns.
+    with pytest.raises(InputError, match="row GPU1 has 5 cells, expected 2"):
+        parse_topo_matrix(header + "GPU0\t X \tNV1\t0-3\t0\nGPU1\tNV1\t X \tNV1\t0-3\t0\n")
+    # str.isdigit() accepts '²', int() does not: an unknown domain, not a crash.
+    assert parse_topo_matrix(good.replace("\t0\n", "\t\u00b2\n")).numa_affinity == (None, None)
+    with pytest.raises(InputError, match="cross_node_bandwidth_gbps must be a finite number"):
+        topology_from_nvidia_smi(good, cross_node_bandwidth_gbps="fast")
 
 
 def test_sysfs_numa_nodes(tmp_path):

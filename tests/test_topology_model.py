@@ -123,6 +123,18 @@ def test_json_cluster_shorthand_and_errors(tmp_path):
         ({"node_of_rank": [0, -1]}, "ints >= 0"),
         ({"cluster": {"nodes": 2}}, "needs 'gpus_per_node'"),
         ({"cluster": {"nodes": 2, "gpus_per_node": 3, "numa_per_node": 2}}, "divisible"),
+        # Values JSON can hold but numpy cannot convert: typed errors naming the field.
+        ({"cluster": {"nodes": 1, "gpus_per_node": 1_000_000}}, "at most 8192"),
+        ({"node_of_rank": [0] * 8193}, "at most 8192"),
+        ({"node_of_rank": [0, 0], "rank_speed": ["a", "b"]}, "rank_speed must be"),
+        ({"node_of_rank": [0, 0], "rank_speed": {}}, "rank_speed must be"),
+        ({"node_of_rank": [0, 0], "rank_speed": [[1], [1, 2]]}, "rank_speed must be"),
+        ({"node_of_rank": [0, 0], "rank_speed": [10 ** 400, 1]}, "rank_speed must be"),
+        ({"node_of_rank": [[0], [0, 1]]}, "node_of_rank must be"),
+        ({"node_of_rank": [0, 0], "numa_of_rank": [[0], [0, 1]]}, "numa_of_rank must be"),
+        ({"node_of_rank": [0, 0], "level_costs": {"cross_node": 10 ** 400}},
+         r"level_costs\['cross_node'\] must be a finite number"),
+        ({"node_of_rank": [0, 0], "link_cost": [[0, 10 ** 400], [1, 0]]}, "link_cost must be"),
     ]
     for data, message in bad:
         path.write_text(json.dumps(data))
@@ -133,6 +145,12 @@ def test_json_cluster_shorthand_and_errors(tmp_path):
         Topology.from_json(path)
     with pytest.raises(InputError, match="cannot be read"):
         Topology.from_json(tmp_path / "missing.json")
+    path.write_bytes(b'{"node_of_rank": [0, 0]}\xff')
+    with pytest.raises(InputError, match="not UTF-8"):
+        Topology.from_json(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        Topology.from_json(path)
 
 
 def test_readme_documents_every_json_key():

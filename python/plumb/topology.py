@@ -46,6 +46,10 @@ DEFAULT_LEVEL_BANDWIDTHS_GBPS = {
 # bandwidths into costs (``Topology.detect``).
 DEFAULT_REFERENCE_GBPS = 400.0
 
+# The most ranks a topology may have: it holds three [G, G] matrices (3 x 1.5 GB here), and
+# a typo such as gpus_per_node=1000000 should fail at once, not exhaust memory.
+MAX_RANKS = 8192
+
 JSON_FORMAT = "plumb-topology"
 JSON_VERSION = 1
 # Keys of the JSON object, with what each holds. Documented in README.md "Topology JSON".
@@ -73,8 +77,9 @@ def _level_vector(values: Optional[Mapping[str, float]], defaults: Mapping[str, 
             raise InputError(f"{name}: unknown level {key!r}; expected one of {list(defaults)}")
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{name}[{key!r}] must be a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name}[{key!r}] must be a finite number >= 0, got "
+                             f"{_short(value)}") from None
         if not np.isfinite(value) or value < 0:
             raise InputError(f"{name}[{key!r}] must be a finite number >= 0, got {value}")
         merged[key] = value
@@ -82,10 +87,15 @@ def _level_vector(values: Optional[Mapping[str, float]], defaults: Mapping[str, 
 
 
 def _label_vector(values: Any, name: str, length: Optional[int] = None) -> np.ndarray:
-    """A [G] int64 vector of labels >= 0 (node or NUMA ids)."""
-    arr = np.asarray(values)
+    """A [G] int64 vector of labels >= 0 (node or NUMA ids), G <= ``MAX_RANKS``."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be a non-empty 1-D list of ints") from None
     if arr.ndim != 1 or arr.size == 0:
         raise InputError(f"{name} must be a non-empty 1-D list of ints, got shape {list(arr.shape)}")
+    if arr.size > MAX_RANKS:
+        raise InputError(f"{name} has {arr.size} ranks; a topology holds at most {MAX_RANKS}")
     if length is not None and arr.size != length:
         raise InputError(f"{name} must have {length} entries (one per rank), got {arr.size}")
     if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -93,6 +103,12 @@ def _label_vector(values: Any, name: str, length: Optional[int] = None) -> np.nd
     if arr.dtype.kind not in "iu" or np.any(arr < 0):
         raise InputError(f"{name} must hold ints >= 0, got {arr.tolist()}")
     return arr.astype(np.int64)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about user input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def levels_from_labels(node_of_rank: np.ndarray, numa_of_rank: np.ndarray) -> np.ndarray:
@@ -109,8 +125,8 @@ def levels_from_labels(node_of_rank: np.ndarray, numa_of_rank: np.ndarray) -> np
 def _square_matrix(values: Any, name: str, g: int) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a [{g}, {g}] matrix of numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be a [{g}, {g}] matrix of finite numbers >= 0") from None
     if arr.shape != (g, g):
         raise InputError(f"{name} must be square [{g}, {g}] (one row and column per rank), "
                          f"got {list(arr.shape)}")
@@ -164,10 +180,15 @@ class Topology:
         node = _label_vector(self.node_of_rank, "node_of_rank")
         g = node.shape[0]
         numa = _label_vector(self.numa_of_rank, "numa_of_rank", g)
-        speed = (np.ones(g) if self.rank_speed is None
-                 else np.asarray(self.rank_speed, dtype=np.float64))
+        try:
+            speed = (np.ones(g) if self.rank_speed is None
+                     else np.asarray(self.rank_speed, dtype=np.float64))
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"rank_speed must be [{g}] finite numbers > 0, got "
+                             f"{_short(self.rank_speed)}") from None
         if speed.shape != (g,) or not np.all(np.isfinite(speed)) or np.any(speed <= 0):
-            raise InputError(f"rank_speed must be [{g}] finite values > 0, got {speed.tolist()}")
+            raise InputError(f"rank_speed must be [{g}] finite values > 0, got "
+                             f"{_short(speed.tolist())}")
         for domain in np.unique(numa):
             nodes = np.unique(node[numa == domain])
             if nodes.size > 1:
@@ -239,6 +260,9 @@ class Topology:
             raise InputError(
                 f"gpus_per_node={gpus_per_node} must be divisible by numa_per_node={numa_per_node}"
             )
+        if nodes * gpus_per_node > MAX_RANKS:
+            raise InputError(f"nodes x gpus_per_node = {nodes * gpus_per_node} ranks; a topology "
+                             f"holds at most {MAX_RANKS}")
         ranks = np.arange(nodes * gpus_per_node, dtype=np.int64)
         return cls.from_levels(ranks // gpus_per_node, ranks // (gpus_per_node // numa_per_node),
                                level_costs, level_bandwidths_gbps, rank_speed)
@@ -397,13 +421,18 @@ class Topology:
     def from_json(cls, path: Union[str, "os.PathLike[str]"]) -> "Topology":
         """Read a topology JSON file (schema: ``TOPOLOGY_JSON_SCHEMA``, README "Topology JSON")."""
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_bytes().decode("utf-8")
         except OSError as err:
             raise InputError(f"topology JSON {str(path)!r} cannot be read: {err}") from None
+        except UnicodeDecodeError as err:
+            raise InputError(f"topology JSON {str(path)!r} is not UTF-8 text ({err.reason} at "
+                             f"byte {err.start})") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(f"topology JSON {str(path)!r} is not valid JSON: {err}") from None
+        except RecursionError:
+            raise InputError(f"topology JSON {str(path)!r} is nested too deeply to read") from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:

@@ -78,6 +78,12 @@ def link_bandwidth_gbps(token: str) -> float:
                      "PXB, PHB, NODE or SYS")
 
 
+def _is_index(text: str) -> bool:
+    """Whether ``text`` is a decimal index (ASCII digits only: str.isdigit also takes
+    superscripts such as '²', which int() rejects)."""
+    return text.isascii() and text.isdigit()
+
+
 def _header_split(tokens: List[str]) -> Tuple[List[str], List[str]]:
     """Split header tokens into device names and the trailing column names, in order."""
     text = " ".join(tokens)
@@ -112,6 +118,9 @@ def parse_topo_matrix(text: str) -> TopoMatrix:
             break
         if tokens[0] in devices:
             rows[tokens[0]] = tokens[1:]
+        elif re.fullmatch(r"GPU\d+", tokens[0]):
+            raise InputError(f"nvidia-smi topo -m output: row {tokens[0]} is not a column of the "
+                             f"header ({' '.join(devices)})")
     gpu_columns = [i for i, name in enumerate(devices) if re.fullmatch(r"GPU\d+", name)]
     gpus = tuple(devices[i] for i in gpu_columns)
     links, cpu_affinity, numa_affinity = [], [], []
@@ -119,15 +128,16 @@ def parse_topo_matrix(text: str) -> TopoMatrix:
         if gpu not in rows:
             raise InputError(f"nvidia-smi topo -m output: header lists {gpu} but it has no row")
         cells = rows[gpu]
-        if len(cells) < n_dev:
+        if not n_dev <= len(cells) <= n_dev + len(trailing):
             raise InputError(f"nvidia-smi topo -m output: row {gpu} has {len(cells)} cells, "
-                             f"expected at least {n_dev} (one per device column)")
+                             f"expected {n_dev} (one per device column) plus up to "
+                             f"{len(trailing)} ({', '.join(trailing) or 'no trailing columns'})")
         links.append(tuple(cells[i] for i in gpu_columns))
         extra = dict(zip(trailing, cells[n_dev:]))
         cpus = extra.get("CPU Affinity")
         cpu_affinity.append(None if cpus in (None, "N/A") else cpus)
         numa = extra.get("NUMA Affinity")
-        numa_affinity.append(int(numa) if numa is not None and numa.isdigit() else None)
+        numa_affinity.append(int(numa) if numa is not None and _is_index(numa) else None)
     for i, row in enumerate(links):
         if row[i] != "X":
             raise InputError(f"nvidia-smi topo -m output: {gpus[i]} should link to itself "
@@ -206,7 +216,11 @@ def topology_from_nvidia_smi(
     """
     if not isinstance(nodes, (int, np.integer)) or isinstance(nodes, bool) or nodes < 1:
         raise InputError(f"nodes must be an int >= 1, got {nodes!r}")
-    cross_bw = float(cross_node_bandwidth_gbps)
+    try:
+        cross_bw = float(cross_node_bandwidth_gbps)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"cross_node_bandwidth_gbps must be a finite number > 0, got "
+                         f"{cross_node_bandwidth_gbps!r}") from None
     if not np.isfinite(cross_bw) or cross_bw <= 0:
         raise InputError(f"cross_node_bandwidth_gbps must be a finite number > 0, got {cross_bw}")
     matrix = parse_topo_matrix(text)
@@ -271,7 +285,7 @@ def detect(
     bus_of_index: Dict[int, str] = {}
     for line in query.splitlines():
         parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 2 and parts[0].isdigit():
+        if len(parts) == 2 and _is_index(parts[0]):
             bus_of_index[int(parts[0])] = parts[1]
     numa_nodes: Optional[List[Optional[int]]] = None
     indices = [int(name[3:]) for name in matrix.gpus]
