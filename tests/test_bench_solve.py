@@ -206,3 +206,26 @@ def test_adversarial(kind):
         assert set(np.unique(w)) <= {1.0, 2.0, 3.0}
     if kind == "hot-group":
         assert np.all((w > 0).sum(axis=1) == 8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["solve", "--shapes", ","], "expected comma-separated shape names"),
+    (["solve", "--shapes", "dsv3,olmoe"], "unknown shape 'dsv3'"),
+    (["solve", "--repeats", "-1"], "--repeats: expected an int >= 1, got -1"),
+    (["solve", "--repeats", "0"], "--repeats: expected an int >= 1, got 0"),
+    (["solve", "--sigmas", "1,nan"], "--sigmas: expected a finite number"),
+    (["solve", "--sigmas", "1,,2"], "--sigmas: expected comma-separated numbers"),
+    (["solve", "--seed", "-3"], "--seed: expected an int >= 0"),
+    (["robust", "--drift", "-0.1"], "--drift: expected a number >= 0"),
+    (["moves", "--expert-mib", "0"], "--expert-mib: expected a number > 0"),
+    (["rearrange", "--layers", "4", "0"], "--layers: expected an int >= 1"),
+    (["topology", "--layers", "x"], "--layers: expected an int >= 1, got 'x'"),
+    (["histogram", "--threads", "0"], "--threads: expected an int >= 1"),
+])
+def test_bench_options_are_usage_errors(capsys, argv, message):
+    from plumb.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

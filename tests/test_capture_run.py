@@ -150,14 +150,24 @@ def test_processes_without_torch_do_not_load_plumb(tmp_path):
     assert not (tmp_path / "s.npz").exists()
 
 
-def test_usage_errors():
+def test_usage_errors(tmp_path):
+    marker = tmp_path / "ran"
+    command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
     for argv, message in ((["run"], "no command given"),
                           (["run", "--every", "soon", "--", "true"], "interval"),
                           (["run", "--window", "0", "--", "true"], "--window"),
-                          (["run", "--", "no-such-command-plumb"], "command not found")):
-        result = subprocess.run([PLUMB, *argv], capture_output=True, text=True, timeout=120)
+                          (["run", "--", "no-such-command-plumb"], "command not found"),
+                          # Output paths are checked before CMD starts, not at its exit.
+                          (["run", "--out", tmp_path / "no-dir" / "s.npz", *command],
+                           "does not exist"),
+                          (["run", "--out", tmp_path, *command], "is a directory"),
+                          (["run", "--out", tmp_path / "s.npz", "--vllm-jsonl",
+                            tmp_path / "no-dir" / "s.jsonl", *command], "--vllm-jsonl")):
+        result = subprocess.run([PLUMB, *map(str, argv)], capture_output=True, text=True,
+                                timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    assert not marker.exists()
 
 
 def test_session_attaches_each_model_once_and_names_their_files(tmp_path):

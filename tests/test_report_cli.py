@@ -118,3 +118,10 @@ def test_report_reads_vllm_jsonl_and_the_placement_it_was_recorded_under(tmp_pat
     current = payload_of(out)["placements"][0]
     assert unpack_array(current["phy2log"]).tolist() == [list(np.arange(12) % 8)] * 3
     assert current["source"] == str(mapping)
+    # On a rank count the recorded 12 slots do not divide, the recorded placement is not the
+    # current one (as in plumb solve): the report solves with the caller's --redundant.
+    result = run(path, "--ranks", 5, "--redundant", 2, "-o", out)
+    assert result.returncode == 0, result.stderr
+    placements = payload_of(out)["placements"]
+    assert placements[0]["source"] != "placement recorded in eplb.jsonl"
+    assert unpack_array(placements[-1]["phy2log"]).shape == (3, 10)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+from .options import positive_int
 from .results import bench_command, markdown_table, median_seconds, write_section
 
 RECORD_TARGET_US = 20.0
@@ -34,7 +35,7 @@ HOOK_CASES = (("decode", 16, 2000), ("decode", 256, 2000), ("prefill", 4096, 100
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default %(default)s: steadier on a shared machine)")
     parser.add_argument("--results", type=Path, default=None,
                         help="rewrite the '## capture' section of this markdown file")

@@ -15,6 +15,7 @@ from typing import List
 
 import numpy as np
 
+from .options import positive_int
 from .results import bench_command, markdown_table, median_seconds, write_section
 
 NUM_EXPERTS = 256
@@ -37,7 +38,7 @@ CASES = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="the 'all threads' count (default: every logical CPU)")
     parser.add_argument("--results", type=Path, default=None,
                         help="rewrite the '## histogram' section of this markdown file")

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import InputError
 from ..rearrange import movement_stats
 from ..solver import evaluate, solve
+from .options import nonnegative_int, positive_float, positive_int, shape_names
 from .rearrange import SHAPES as EXPERT_BYTES_SHAPES
 from .results import markdown_table, median_seconds, write_section
 from .workloads import SHAPES, Shape, lognormal_popularity, sample_window, tokens_per_step
@@ -49,12 +50,12 @@ HEADERS = ["shape", "scenario", "method", "moves", "× baseline", "balancedness"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="qwen3-30b and mixtral only, 2 rebalances, small executor run")
-    parser.add_argument("--shapes", default=None,
+    parser.add_argument("--shapes", type=shape_names, default=None,
                         help="comma-separated shape names (default: all SPEC shapes)")
-    parser.add_argument("--rounds", type=int, default=3, help="rebalances per scenario")
-    parser.add_argument("--steps", type=int, default=64, help="sampled steps per window")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--expert-mib", type=float, default=0.25,
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rebalances per scenario")
+    parser.add_argument("--steps", type=positive_int, default=64, help="sampled steps per window")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--expert-mib", type=positive_float, default=0.25,
                         help="expert size for the executor run (MiB, bf16)")
     parser.add_argument("--results", type=Path, default=None,
                         help="rewrite the '## moves' section of this markdown file")

@@ -21,6 +21,7 @@ from typing import List
 import numpy as np
 
 from ..topology import Topology
+from .options import positive_float, positive_int
 from .results import markdown_table, median_seconds, write_section
 
 
@@ -46,14 +47,14 @@ SCENARIOS = (("drift 10%", 0.1), ("reshuffle", 1.0))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layers", type=int, nargs="+", default=[4],
+    parser.add_argument("--layers", type=positive_int, nargs="+", default=[4],
                         help="layer counts for the executor runs (default: 4)")
-    parser.add_argument("--expert-mib", type=float, nargs="+", default=[0.25, 1.0, 4.0],
+    parser.add_argument("--expert-mib", type=positive_float, nargs="+", default=[0.25, 1.0, 4.0],
                         help="bytes of one expert in MiB for the executor runs")
-    parser.add_argument("--slots", type=int, default=64, help="P for the executor runs")
-    parser.add_argument("--ranks", type=int, default=8, help="G for the executor runs")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--slots", type=positive_int, default=64, help="P for the executor runs")
+    parser.add_argument("--ranks", type=positive_int, default=8, help="G for the executor runs")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per case (median)")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads for the executor runs (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="one layer count and 2 repeats")
     parser.add_argument("--results", type=Path, default=None,

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..robust.bootstrap import sign_flip_pvalue
 from ..robust.exact import exact_applies, exact_packing
+from .options import nonnegative_float, positive_int, shape_names, sigma_list
 from .results import markdown_table, write_section
 from .sglang_timeseries import sglang_timeseries_rebalance
 from .workloads import (SHAPES, Shape, inclusion_probabilities, lognormal_popularity, make_loads,
@@ -55,17 +56,17 @@ SIGN_FLIPS = 20_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="two small shapes, one seed, sigma 1.0, 20 noise windows")
-    parser.add_argument("--shapes", default=None,
+    parser.add_argument("--shapes", type=shape_names, default=None,
                         help="comma-separated shape names (default: all SPEC shapes)")
-    parser.add_argument("--sigmas", default=None,
+    parser.add_argument("--sigmas", type=sigma_list, default=None,
                         help="comma-separated lognormal sigmas (default 0.5,1.0,1.5)")
-    parser.add_argument("--seeds", type=int, default=None, help="windows per case (default 3)")
-    parser.add_argument("--steps", type=int, default=64, help="steps per window (half fitted)")
-    parser.add_argument("--drift", type=float, default=0.05,
+    parser.add_argument("--seeds", type=positive_int, default=None, help="windows per case (default 3)")
+    parser.add_argument("--steps", type=positive_int, default=64, help="steps per window (half fitted)")
+    parser.add_argument("--drift", type=nonnegative_float, default=0.05,
                         help="per-step std of the log-popularity random walk")
-    parser.add_argument("--exact-seeds", type=int, default=None,
+    parser.add_argument("--exact-seeds", type=positive_int, default=None,
                         help="windows per case of the exactly-solved shapes' table (def. 30)")
-    parser.add_argument("--noise-seeds", type=int, default=None,
+    parser.add_argument("--noise-seeds", type=positive_int, default=None,
                         help="pure-noise windows for the gate's false-positive rate (def. 100)")
     parser.add_argument("--no-gate", action="store_true", help="skip the gate table")
     parser.add_argument("--results", type=Path, default=None,

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from .baselines import numpy_deepseek_rebalance
+from .options import nonnegative_int, positive_int, shape_names, sigma_list
 from .results import bench_command, markdown_table, write_section
 from .workloads import ADVERSARIAL_KINDS, SHAPES, SIGMAS, Shape, adversarial, make_loads, shape
 
@@ -43,18 +44,18 @@ CASE_HEADERS = ["shape", "mode", "loads", "plumb ms", "bal plumb", "bal deepseek
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="few repeats, sigma 1.0 only, no cold-start subprocesses")
-    parser.add_argument("--shapes", default=None,
+    parser.add_argument("--shapes", type=shape_names, default=None,
                         help="comma-separated shape names (default: all SPEC shapes; 'tiny' "
                              "is a small extra one)")
-    parser.add_argument("--sigmas", default=None,
+    parser.add_argument("--sigmas", type=sigma_list, default=None,
                         help="comma-separated lognormal sigmas (default 0.5,1.0,1.5)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed repeats of the numba solves (numpy: a quarter, >= 3)")
-    parser.add_argument("--steps", type=int, default=16, help="sampled steps summed per load")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--steps", type=positive_int, default=16, help="sampled steps summed per load")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="threads while timing (default 1: the one-core target)")
-    parser.add_argument("--parallel-threads", type=int, default=None,
+    parser.add_argument("--parallel-threads", type=positive_int, default=None,
                         help="also time plumb with this many threads (default: "
                              "NUMBA_NUM_THREADS, all cores; 1 turns the column off)")
     parser.add_argument("--no-cases", action="store_true",

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..locality import traffic_metrics
 from ..topology import Topology
+from .options import positive_int
 from .results import markdown_table, median_seconds, write_section
 
 NUM_EXPERTS = 256
@@ -73,7 +74,7 @@ def make_traffic(topo: Topology, num_layers: int, sources: str, seed: int = 0):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer layers and repeats (smoke run)")
-    parser.add_argument("--layers", type=int, default=None, help="layers per scenario (default 16)")
+    parser.add_argument("--layers", type=positive_int, default=None, help="layers per scenario (default 16)")
     parser.add_argument("--results", type=Path, default=None,
                         help="rewrite the '## topology' section of this markdown file")
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from .topology_args import add_topology_arguments, topology_from_args
+from ..topology import as_topology
+from .topology_args import add_topology_arguments, recorded_placement, topology_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     placement: Optional[Any] = None
     if args.placement is not None:
         placement = read_placement(args.placement)
-    previous, previous_source = stats.placement, f"placement recorded in {args.input.name}"
+    previous = recorded_placement(stats, as_topology(topo).num_ranks)
+    previous_source = f"placement recorded in {args.input.name}"
     if args.previous is not None:
         previous, previous_source = read_placement(args.previous), str(args.previous)
     elif previous is None:

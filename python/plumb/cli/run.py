@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> NoReturn:
         raise InputError("no command given: plumb run [options] -- CMD ...")
     settings = Settings(args.out, parse_interval(args.every), args.window,
                         args.vllm_jsonl).validate()
+    # CMD may run for hours before the first write: a path that cannot be written must
+    # fail now, not lose the capture at exit.
+    _check_writable(settings.out, "--out")
+    if settings.vllm_jsonl is not None:
+        _check_writable(settings.vllm_jsonl, "--vllm-jsonl")
     env = child_env(settings, os.environ)
     if shutil.which(command[0], path=env.get("PATH")) is None:
         raise InputError(f"command not found: {command[0]}")
@@ -50,3 +55,15 @@ def run(args: argparse.Namespace) -> NoReturn:
     sys.stderr.flush()
     # CMD replaces this process: signals, exit status and the terminal are CMD's own.
     os.execvpe(command[0], command, env)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Raises InputError unless a file can be written at ``path``: not a directory, in an
+    existing directory this user may write to."""
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: directory {parent} is not writable")

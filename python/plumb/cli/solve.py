@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import InputError
 from .inspect import add_input_arguments, expert_skew, read_input
-from .topology_args import add_topology_arguments, positive_meta, topology_from_args
+from .topology_args import (add_topology_arguments, positive_meta, recorded_placement,
+                            topology_from_args)
 
 EXAMPLE = "example"
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     current, current_name = None, None
     if args.previous is not None:
         current, current_name = read_placement(args.previous), str(args.previous)
-    elif _fits(stats.placement, num_layers, topo.num_ranks):
+    elif recorded_placement(stats, topo.num_ranks) is not None:
         current, current_name = stats.placement, f"recorded in {args.input.name}"
     redundant = args.redundant
     if redundant is None:
@@ -121,11 +122,6 @@ def run(args: argparse.Namespace) -> int:
                                         "num_groups": groups, "source": str(args.input)})
         print(f"wrote {args.output} ({written} format)")
     return 0
-
-
-def _fits(table: Optional[np.ndarray], num_layers: int, num_ranks: int) -> bool:
-    """Whether a recorded placement can be the current one for ``num_ranks`` ranks."""
-    return table is not None and table.shape[0] == num_layers and table.shape[1] % num_ranks == 0
 
 
 def _summary(args: argparse.Namespace, stats: Any, topo: Any, placement: Any, before: Any,

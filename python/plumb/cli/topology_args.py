@@ -27,6 +27,18 @@ def positive_meta(meta: Mapping[str, Any], key: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def recorded_placement(stats: Any, num_ranks: int) -> Optional[Any]:
+    """The placement ``stats`` (``plumb.io.PlumbStats``) were recorded under, int64 [L, P],
+    when it can be the current one on ``num_ranks`` ranks (its layers match the loads' and
+    P is a multiple of G); else None: a placement recorded for another rank count is not
+    this cluster's current one."""
+    table = stats.placement
+    num_layers = stats.aggregated_loads().shape[0]
+    if table is None or table.shape[0] != num_layers or table.shape[1] % num_ranks:
+        return None
+    return table
+
+
 def topology_from_args(args: argparse.Namespace, meta: Mapping[str, Any]) -> Any:
     """A Topology from --topology or --nodes/--numa, else the int G.
 
