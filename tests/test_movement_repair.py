@@ -23,11 +23,13 @@ def duplicate_replicas(phy2log, num_ranks, num_experts):
     return np.maximum(held - 1, 0).sum(axis=(1, 2))
 
 
-def repair(previous, weights, topo, cap, limit=None):
+def repair(previous, weights, topo, cap, limit=None, caps=None):
     out = np.empty_like(previous)
     limit = np.full(previous.shape[0], 2**40) if limit is None else limit
+    caps = np.full(weights.shape[1], previous.shape[1]) if caps is None else caps
     done = repair_to_cap(previous, weights, topo.rank_speed, topo.num_ranks, cap,
-                         np.asarray(limit, dtype=np.int64), np.ones(previous.shape[0], bool), out)
+                         np.asarray(limit, dtype=np.int64), np.ones(previous.shape[0], bool),
+                         np.asarray(caps, dtype=np.int64), out)
     return out, done
 
 
@@ -126,6 +128,9 @@ def test_an_expert_that_outgrows_its_replicas_gains_one():
     out, done = repair(previous, weights, topo, np.array([1.0]))
     assert not done[0]
     assert _max_times(out, weights, topo)[0] <= _max_times(previous, weights, topo)[0]
+    # With expert 0 held to one replica (max_replicas_per_expert) it may not gain one.
+    out, done = repair(previous, weights, topo, cap, caps=[1, 2, 2, 2, 2, 2, 2, 2])
+    assert not done[0] and replica_counts(out, 8)[0, 0] == 1
 
 
 def test_hierarchical_and_traffic_layers_are_not_repaired():

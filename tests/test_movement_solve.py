@@ -166,6 +166,8 @@ def test_deterministic_and_cost_metrics():
     (dict(layers="auto:x"), "auto:k"),
     (dict(layers="best"), "auto:k"),
     (dict(layers=[[0]]), "layers"),
+    # str.isdigit() takes a superscript two, int() does not.
+    (dict(layers="auto:\u00b2"), "auto:k"),
 ])
 def test_invalid_options(kwargs, message):
     loads = np.ones((2, 8))
@@ -186,3 +188,33 @@ def test_options_need_a_matching_previous():
     # A previous placement with another P still gets relabelled (no slot matching).
     other = plumb.solve(loads, 4, num_redundant=4)
     assert plumb.solve(loads, 4, previous=other).metrics.moves.moves >= 0
+
+
+def test_a_budget_past_int64_means_no_limit():
+    loads = np.ones((2, 8))
+    previous = np.tile(np.arange(12) % 8, (2, 1))
+    unlimited = plumb.solve(loads, 4, num_redundant=4, previous=previous,
+                            move_budget=2 ** 62).phy2log
+    huge = plumb.solve(loads, 4, num_redundant=4, previous=previous, move_budget=10 ** 30)
+    np.testing.assert_array_equal(huge.phy2log, unlimited)
+    per_layer = plumb.solve(loads, 4, num_redundant=4, previous=previous,
+                            move_budget=np.full(2, 2 ** 64 - 1, dtype=np.uint64))
+    np.testing.assert_array_equal(per_layer.phy2log, unlimited)
+
+
+def test_repairs_keep_to_the_replica_caps():
+    caps = np.array([1, 3, 3, 3])
+    previous = np.array([[0, 1, 0, 2, 0, 3, 1, 2]])  # expert 0 three times: over its cap
+    solved = plumb.solve([[3.0, 1, 1, 1]], 4, num_redundant=4, max_replicas_per_expert=caps,
+                         previous=previous)
+    assert (solved.logcnt <= caps).all()
+    # Within the caps the previous placement is repaired rather than replaced.
+    rng = np.random.default_rng(3)
+    loads = rng.lognormal(0.0, 1.0, size=(6, 16))
+    caps = np.full(16, 2)
+    old = plumb.solve(loads, 8, num_redundant=16, max_replicas_per_expert=caps)
+    drifted = loads * rng.lognormal(0.0, 0.3, size=loads.shape)
+    for kwargs in ({}, {"move_budget": 6}, {"move_budget": [1, 2, 3, 0, 5, 8]}):
+        new = plumb.solve(drifted, 8, num_redundant=16, max_replicas_per_expert=caps,
+                          previous=old, **kwargs)
+        assert (new.logcnt <= caps).all(), kwargs

@@ -4,7 +4,8 @@ on the steps that lower max load most per moved expert.
 Each step relieves the busiest rank r of a layer with one of:
 - a swap of one of r's replicas with a lighter one on another rank (replica counts unchanged);
 - one more replica of an expert of r, in the slot of an expert that keeps another replica;
-- one of r's replicas, of an expert that keeps another one, replaced by any other expert.
+- one of r's replicas, of an expert that keeps another one, replaced by any other expert;
+no step gives an expert more replicas than its cap (``max_replicas_per_expert``).
 No step puts two replicas of one expert on a rank or takes an expert's last replica; in
 layers solved hierarchically every step stays inside the busiest rank's node (groups keep their
 node). A step's cost is the change in moves against the previous placement (a slot costs a
@@ -142,8 +143,9 @@ def _offer_replace(q, x, cost, row, counts, weights, speed, slots, times, order,
 
 @njit(cache=True, nogil=True)
 def _best_step(row, counts, held, resident, weights, speed, slots, afford, times, order, mark,
-               delta, members, starts, node_of_rank, same_node, best):
-    """Writes the best step of one layer into ``best`` (best[_SLOT] = -1: none)."""
+               delta, members, starts, node_of_rank, same_node, caps, best):
+    """Writes the best step of one layer into ``best`` (best[_SLOT] = -1: none); no step
+    gives an expert more replicas than ``caps`` (int64 [E])."""
     num_slots = row.shape[0]
     num_ranks = times.shape[0]
     num_experts = counts.shape[0]
@@ -217,30 +219,33 @@ def _best_step(row, counts, held, resident, weights, speed, slots, afford, times
                     unaff = times[order[1]]
                 level, gain = _judge(top, max(new_busiest, new_other), unaff, new_busiest)
                 _offer(best, p, _SWAP, q, level, gain, cost)
-        # One more replica of x, in a slot whose expert keeps another replica.
-        busiest_gain_x = top + held[busiest, x] * (weights[x] / (counts[x] + 1) - sx) / speed[
-            busiest]
-        for q in range(num_slots):
-            r2 = q // slots
-            y = row[q]
-            if r2 == busiest or counts[y] < 2 or held[r2, x] > 0:
-                continue
-            if blockers[y] > 1 or (blockers[y] == 1 and blocker[y] != r2):
-                continue
-            if same_node and node_of_rank[r2] != node:
-                continue
-            cost = (0 if resident[r2, x] else 1) - (0 if resident[r2, y] else 1)
-            if cost > afford:
-                continue
-            # Cheap necessary condition: rank r2 itself must stay below the max.
-            rise = weights[x] / (counts[x] + 1) - share[y]
-            if times[r2] + rise / speed[r2] >= below:
-                continue
-            if _cannot_beat(best, cost, top - max(busiest_gain_x, times[r2] + rise / speed[r2])):
-                continue
-            stamp += 1
-            _offer_replace(q, x, cost, row, counts, weights, speed, slots, times, order, stamp,
-                           mark, delta, members, starts, touched, best)
+        # One more replica of x (within its cap), in a slot whose expert keeps another
+        # replica.
+        if counts[x] < caps[x]:
+            busiest_gain_x = top + held[busiest, x] * (weights[x] / (counts[x] + 1) - sx) / \
+                speed[busiest]
+            for q in range(num_slots):
+                r2 = q // slots
+                y = row[q]
+                if r2 == busiest or counts[y] < 2 or held[r2, x] > 0:
+                    continue
+                if blockers[y] > 1 or (blockers[y] == 1 and blocker[y] != r2):
+                    continue
+                if same_node and node_of_rank[r2] != node:
+                    continue
+                cost = (0 if resident[r2, x] else 1) - (0 if resident[r2, y] else 1)
+                if cost > afford:
+                    continue
+                # Cheap necessary condition: rank r2 itself must stay below the max.
+                rise = weights[x] / (counts[x] + 1) - share[y]
+                if times[r2] + rise / speed[r2] >= below:
+                    continue
+                if _cannot_beat(best, cost,
+                                top - max(busiest_gain_x, times[r2] + rise / speed[r2])):
+                    continue
+                stamp += 1
+                _offer_replace(q, x, cost, row, counts, weights, speed, slots, times, order,
+                               stamp, mark, delta, members, starts, touched, best)
         # x keeps another replica: give its slot here to another expert. Its other holders
         # carry more whatever the expert: none may reach the max.
         if counts[x] < 2:
@@ -254,7 +259,8 @@ def _best_step(row, counts, held, resident, weights, speed, slots, afford, times
         if holders_x >= below:
             continue
         for z in range(num_experts):
-            if held[busiest, z] > 0 or (same_node and not _on_node(held, z, node_of_rank, node)):
+            if held[busiest, z] > 0 or counts[z] >= caps[z] or (
+                    same_node and not _on_node(held, z, node_of_rank, node)):
                 continue
             cost = (0 if resident[busiest, z] else 1) - stay_x
             if cost > afford:
@@ -291,12 +297,13 @@ def _put(row, counts, held, slots, q, e):
 
 @njit(cache=True, nogil=True)
 def spend_budget(previous, weights, speed, num_ranks, layer_budget, total_budget, stop_at,
-                 node_of_rank, keep_node, out):
+                 node_of_rank, keep_node, caps, out):
     """Writes ``out`` int64 [L, P]: ``previous`` int64 [L, P] repaired with at most the
     budgeted moves (see the module doc). weights: float64 [L, E]; speed: float64 [G];
     layer_budget: int64 [L], moves allowed per layer; total_budget: moves allowed in all;
     stop_at: float64 [L], a layer stops once its max rank time is at most this;
-    node_of_rank: int64 [G]; keep_node: bool [L], layers whose steps stay inside a node.
+    node_of_rank: int64 [G]; keep_node: bool [L], layers whose steps stay inside a node;
+    caps: int64 [E], the most replicas a step may give an expert.
     Returns the moves of ``out`` against ``previous``."""
     num_layers, num_slots = previous.shape
     num_experts = weights.shape[1]
@@ -336,7 +343,7 @@ def spend_budget(previous, weights, speed, num_ranks, layer_budget, total_budget
             _best_step(out[layer], counts[layer], held[layer], resident[layer],
                        weights[layer], speed, slots, min(remaining[layer], total_budget),
                        times[layer], order[layer], mark, delta, members, starts, node_of_rank,
-                       keep_node[layer], steps[layer])
+                       keep_node[layer], caps, steps[layer])
         pick = -1
         for layer in range(num_layers):
             s = steps[layer]

@@ -45,13 +45,16 @@ NO_OPTIONS = MovementOptions()
 def _as_budget(move_budget: Any, num_layers: int):
     if move_budget is None:
         return None, UNLIMITED
+    # Budgets past UNLIMITED allow as much (no layer has that many slots): they are clipped
+    # to it, so that the kernels' int64 budgets hold them.
     if isinstance(move_budget, (int, np.integer)) and not isinstance(move_budget, bool):
-        return np.full(num_layers, UNLIMITED, dtype=np.int64), as_int(move_budget, "move_budget", 0)
+        total = min(as_int(move_budget, "move_budget", 0), UNLIMITED)
+        return np.full(num_layers, UNLIMITED, dtype=np.int64), total
     arr = to_numpy(move_budget, "move_budget")
     if arr.shape != (num_layers,) or arr.dtype.kind not in "iu" or (arr < 0).any():
         raise InputError(f"move_budget must be an int >= 0 (moves in total) or ints >= 0 of "
                          f"shape [L] = [{num_layers}] (moves per layer), got {move_budget!r}")
-    return arr.astype(np.int64), UNLIMITED
+    return np.minimum(arr, UNLIMITED).astype(np.int64), UNLIMITED
 
 
 def _as_layers(layers: Any, num_layers: int):
@@ -59,7 +62,8 @@ def _as_layers(layers: Any, num_layers: int):
         return None, None
     if isinstance(layers, str):
         prefix, _, count = layers.partition(":")
-        if prefix != "auto" or not count.isdigit() or not 1 <= int(count) <= num_layers:
+        if (prefix != "auto" or not (count.isascii() and count.isdigit())
+                or not 1 <= int(count) <= num_layers):
             raise InputError(f"layers must be 'auto:k' with 1 <= k <= L = {num_layers}, or "
                              f"layer indices, got {layers!r}")
         return None, int(count)

@@ -58,21 +58,24 @@ def _max_times(phy2log: np.ndarray, weights: np.ndarray, topo: Topology) -> np.n
 
 def _repaired(previous: np.ndarray, weights: np.ndarray, topo: Topology,
               layer_budget: np.ndarray, total_budget: int, stop_at: np.ndarray,
-              keep_node: np.ndarray) -> np.ndarray:
+              keep_node: np.ndarray, caps: np.ndarray) -> np.ndarray:
     """``budget.spend_budget`` of ``previous`` int64 [L, P]."""
     out = np.empty_like(previous)
     spend_budget(previous, weights, np.ascontiguousarray(topo.rank_speed), topo.num_ranks,
                  np.ascontiguousarray(layer_budget, dtype=np.int64), int(total_budget),
                  np.ascontiguousarray(stop_at, dtype=np.float64),
-                 np.ascontiguousarray(topo.node_of_rank), keep_node, out)
+                 np.ascontiguousarray(topo.node_of_rank), keep_node, caps, out)
     return out
 
 
 def _fewer_moves(target: np.ndarray, previous: np.ndarray, weights: np.ndarray,
-                 topo: Topology, cap: np.ndarray, keep_node: np.ndarray) -> np.ndarray:
+                 topo: Topology, cap: np.ndarray, keep_node: np.ndarray,
+                 caps: np.ndarray) -> np.ndarray:
     """Per layer, the one of {``target``, ``previous`` repaired down to ``cap``} with fewer
-    moves (int64 [L, P]); layers that keep their groups on nodes keep ``target``."""
+    moves (int64 [L, P]); layers that keep their groups on nodes keep ``target``, and so do
+    layers whose repair keeps more replicas of an expert than ``caps`` (int64 [E]) allow."""
     from ..solver.metrics import moves_between
+    from ..solver.validate import replica_counts
 
     num_experts = weights.shape[1]
     num_ranks = topo.num_ranks
@@ -80,11 +83,13 @@ def _fewer_moves(target: np.ndarray, previous: np.ndarray, weights: np.ndarray,
     repaired = np.empty_like(previous)
     done = repair_to_cap(previous, weights, np.ascontiguousarray(topo.rank_speed), num_ranks,
                          np.ascontiguousarray(cap, dtype=np.float64),
-                         np.ascontiguousarray(target_moves, dtype=np.int64), ~keep_node,
+                         np.ascontiguousarray(target_moves, dtype=np.int64), ~keep_node, caps,
                          repaired)
     # The exact rank times decide (the repair tracks them incrementally).
     fewer = moves_between(repaired, previous, num_experts, num_ranks).layer_moves < target_moves
     better = done & fewer & (_max_times(repaired, weights, topo) <= cap * (1.0 + CAP_TOLERANCE))
+    # The repair gives no expert a replica past its cap, but keeps what previous had.
+    better &= (replica_counts(repaired, num_experts) <= caps).all(axis=1)
     if not better.any():
         return target
     chosen = np.where(better[:, None], repaired, target)
@@ -109,8 +114,8 @@ def _chosen_layers(options: MovementOptions, gains: np.ndarray) -> Optional[np.n
 def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.ndarray,
                       topo: Topology, classes: np.ndarray, keep_node: np.ndarray,
                       options: MovementOptions, refine: bool = True,
-                      load_slack: float = 0.0, traffic: Optional[np.ndarray] = None
-                      ) -> np.ndarray:
+                      load_slack: float = 0.0, traffic: Optional[np.ndarray] = None,
+                      caps: Optional[np.ndarray] = None) -> np.ndarray:
     """A placement as balanced as ``phy2log`` that moves fewer experts from ``previous``.
 
     Args:
@@ -127,6 +132,9 @@ def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.nda
         load_slack: the refinement may let a layer's max rank time grow by this fraction.
         traffic: float64 [L, G, E] per-source counts, or None; refinement swaps never raise
             traffic cost under even dispatch.
+        caps: int64 [E], replica caps (``max_replicas_per_expert``) the repairs keep to, or
+            None for none beyond one replica per rank. Layers kept as ``previous`` (held
+            back by ``layers``, or left by a spent budget) keep its counts.
 
     Returns:
         int64 [L, P]. Every layer's max rank time is at most (1 + load_slack) times that of
@@ -137,13 +145,16 @@ def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.nda
     num_experts = weights.shape[1]
     num_ranks = topo.num_ranks
     keep_node = np.ascontiguousarray(keep_node, dtype=np.bool_)
+    caps = (np.full(num_experts, num_slots, dtype=np.int64) if caps is None
+            else np.ascontiguousarray(caps, dtype=np.int64))
     if options.layer_budget is not None:
         # The budgeted repair starts from ``previous`` and only needs each layer's cap.
         cap = _max_times(phy2log, weights, topo) * (1.0 + load_slack)
         chosen = _chosen_layers(options, _max_times(previous, weights, topo) - cap)
         budget = (options.layer_budget if chosen is None
                   else np.where(chosen, options.layer_budget, 0))
-        return _repaired(previous, weights, topo, budget, options.total_budget, cap, keep_node)
+        return _repaired(previous, weights, topo, budget, options.total_budget, cap, keep_node,
+                         caps)
     node_ranks, node_sizes = padded_groups(topo.node_of_rank)
     perm = np.empty((num_layers, num_ranks), dtype=np.int64)
     relabel_ranks(phy2log, previous, num_ranks, num_experts, np.ascontiguousarray(classes),
@@ -169,7 +180,7 @@ def minimise_movement(phy2log: np.ndarray, previous: np.ndarray, weights: np.nda
         return target
     if refine and traffic is None:
         cap = _max_times(phy2log, weights, topo) * (1.0 + load_slack)
-        target = _fewer_moves(target, previous, weights, topo, cap, keep_node)
+        target = _fewer_moves(target, previous, weights, topo, cap, keep_node, caps)
     if not options.incremental:
         return target
     chosen = _chosen_layers(options, _max_times(previous, weights, topo)

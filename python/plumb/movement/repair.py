@@ -10,7 +10,8 @@ vector of rank times (descending, lexicographically) and the repair ends. In ord
    unchanged, so only r and r2 change);
 2. when no single swap lowers the max, two of r's replicas against two of r2's;
 3. otherwise a replica change: x (when it keeps another replica) gives r's slot to an expert z,
-   or x gains a replica in another rank's slot whose expert keeps another one.
+   or x gains a replica in another rank's slot whose expert keeps another one; the expert
+   that gains stays within its replica cap (``max_replicas_per_expert``).
 
 Among the steps of a kind: those keeping every rank they touch within the cap first, then the
 fewest added moves, then the most headroom (or, short of the cap, the lowest new max). Never
@@ -155,8 +156,9 @@ def _holders_fit(times, speed, held, expert, skip, rise, cap):
 
 @njit(cache=True, nogil=True)
 def _best_change(row, weights, counts, share, times, speed, held, resident, busiest, slots,
-                 cap):
-    """(slot, expert) of the best replica change relieving the busiest rank, or (-1, -1)."""
+                 cap, caps):
+    """(slot, expert) of the best replica change relieving the busiest rank, or (-1, -1);
+    no expert gains a replica past its replica cap (``caps`` int64 [E])."""
     num_experts = counts.shape[0]
     num_slots = row.shape[0]
     top = times[busiest]
@@ -174,7 +176,7 @@ def _best_change(row, weights, counts, share, times, speed, held, resident, busi
         if counts[x] >= 2 and fits:
             fits_cap = _holders_fit(times, speed, held, x, busiest, rise_x, cap)
             for z in range(num_experts):
-                if held[busiest, z] > 0:
+                if held[busiest, z] > 0 or counts[z] >= caps[z]:
                     continue
                 new1 = top + (weights[z] / (counts[z] + 1) - sx
                               + (held[busiest, x] - 1) * rise_x) / speed[busiest]
@@ -188,6 +190,8 @@ def _best_change(row, weights, counts, share, times, speed, held, resident, busi
                 best_slot, best_expert = p, z
                 best_fix, best_cost, best_new = fix, cost, new1
         # x gains a replica in slot q of another rank, whose expert y keeps another one.
+        if counts[x] >= caps[x]:
+            continue
         gained = weights[x] / (counts[x] + 1)
         new1 = top + held[busiest, x] * (gained - sx) / speed[busiest]
         for q in range(num_slots):
@@ -234,13 +238,15 @@ def _retime(row, weights, counts, share, speed, slots, times):
 
 
 @njit(cache=True, nogil=True)
-def repair_to_cap(previous, weights, speed, num_ranks, cap, limit, active, out):
+def repair_to_cap(previous, weights, speed, num_ranks, cap, limit, active, caps, out):
     """Writes ``out`` int64 [L, P]: ``previous`` int64 [L, P] repaired (see the module doc)
     until each layer's max rank time (load / speed) is at most cap[l].
 
     weights: float64 [L, E]; speed: float64 [G]; cap: float64 [L]; limit: int64 [L], a layer
     gives up once its moves reach this; active: bool [L], the layers to repair (the others
-    are copied). Returns bool [L]: the layers repaired within the cap and under the limit.
+    are copied); caps: int64 [E], the most replicas a step may give an expert (replica counts
+    of ``previous`` above them are left as they are). Returns bool [L]: the layers repaired
+    within the cap and under the limit.
     """
     num_layers, num_slots = previous.shape
     num_experts = weights.shape[1]
@@ -287,7 +293,7 @@ def repair_to_cap(previous, weights, speed, num_ranks, cap, limit, active, out):
                                picks[1], picks[3])
                 continue
             q, z = _best_change(row, weights[layer], counts, share, times, speed, held,
-                                resident, busiest, slots, bound)
+                                resident, busiest, slots, bound, caps)
             if q < 0:
                 break
             moves += _put(row, counts, held, resident, slots, q, z)

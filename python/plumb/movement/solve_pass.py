@@ -35,4 +35,5 @@ def movement_pass(phy2log: np.ndarray, context: Any) -> np.ndarray:
         phy2log, context.previous, context.weights, context.topo,
         interchangeable_ranks(context.topo, context.traffic, context.dispatch), keep_node,
         options, refine=context.policy == "plumb" and context.dispatch == "even",
-        load_slack=0.0 if locality_ran else context.load_slack, traffic=context.traffic)
+        load_slack=0.0 if locality_ran else context.load_slack, traffic=context.traffic,
+        caps=context.caps)

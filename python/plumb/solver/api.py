@@ -36,7 +36,8 @@ class SolveContext(NamedTuple):
     traffic plays no part (no traffic, even dispatch); derived once per call for the
     locality pass and the traffic metrics. dispatch: "even" | "nearest"; load_slack:
     float >= 0; winner: int8 [L], GLOBAL or HIERARCHICAL per layer (see ``keep_node``), or
-    None; policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=.
+    None; policy: "plumb" | "deepseek"; movement: validated move_budget= / layers=; caps:
+    int64 [E], the caller's ``max_replicas_per_expert`` (validated), or None.
     """
 
     weights: np.ndarray
@@ -51,6 +52,7 @@ class SolveContext(NamedTuple):
     winner: Optional[np.ndarray] = None
     policy: str = "plumb"
     movement: Optional[MovementOptions] = None
+    caps: Optional[np.ndarray] = None
 
     @property
     def keep_node(self) -> Optional[np.ndarray]:
@@ -108,21 +110,40 @@ def kernel_topology(topo: Topology) -> Tuple[Optional[np.ndarray], np.ndarray]:
     return cached
 
 
-def _modes(hierarchy: str, num_groups: int, node_ranks: Optional[np.ndarray]) -> Tuple[bool, bool]:
-    """(try_global, try_hierarchical) for the plumb policy."""
-    num_nodes = 1 if node_ranks is None else node_ranks.shape[0]
+def _modes(hierarchy: str, num_groups: int, node_ranks: Optional[np.ndarray], num_nodes: int,
+           caps: Optional[np.ndarray], slots: int) -> Tuple[bool, bool]:
+    """(try_global, try_hierarchical) for the plumb policy; ``num_nodes``: the topology's;
+    ``caps``: the caller's replica caps int64 [E] (None: the defaults), S ``slots``."""
     feasible = node_ranks is not None and num_groups % num_nodes == 0
+    fits_caps = not feasible or caps is None or _node_caps_fit(caps, num_groups, node_ranks,
+                                                               slots)
     if hierarchy == "hierarchical":
         if not feasible:
             raise InputError(
                 f"hierarchy='hierarchical' needs num_groups ({num_groups}) divisible by the "
                 f"topology's nodes ({num_nodes}) and the same number of ranks on every node")
+        if not fits_caps:
+            raise InputError(
+                "hierarchy='hierarchical' cannot keep to max_replicas_per_expert: a node's "
+                "expert groups may hold fewer replicas than its slots (at most min(cap, "
+                "ranks per node) each); raise the caps or use hierarchy='global'")
         return False, True
     if hierarchy == "global":
         return True, False
     # DeepSeek's rule picks hierarchical iff num_groups % nodes == 0; one node is the global
     # problem. When it does, the global solution is tried too and the better kept per layer.
-    return True, feasible and num_nodes > 1
+    return True, feasible and fits_caps and num_nodes > 1
+
+
+def _node_caps_fit(caps: np.ndarray, num_groups: int, node_ranks: np.ndarray,
+                   slots: int) -> bool:
+    """Whether every node can fill its slots within ``caps`` (int64 [E]) whichever groups
+    the hierarchical policy gives it: a node's expert gets at most min(cap, ranks per node)
+    replicas there, and the node's ``num_groups / nodes`` groups are any of the groups."""
+    nodes, per_node = node_ranks.shape
+    group_room = np.minimum(caps, per_node).reshape(num_groups, -1).sum(axis=1)
+    smallest = np.sort(group_room)[:num_groups // nodes].sum()
+    return bool(smallest >= per_node * slots)
 
 
 def _hierarchy_label(winner: np.ndarray) -> str:
@@ -152,8 +173,10 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
         num_groups: expert groups (contiguous, E % num_groups == 0) for group-limited routing.
         policy: "plumb" (water-filling replication, LPT packing with local search; two
             replicas of one expert share a rank only when E < P / G forces it or when that
-            lowers the layer's busiest rank, as DeepSeek's packing does; never less balanced
-            than DeepSeek's, ties aside) or "deepseek" (the exact DeepSeek / vLLM greedy, its
+            lowers the layer's busiest rank, as DeepSeek's packing does; on ranks of equal
+            speed never less balanced than DeepSeek's, ties aside; DeepSeek ignores
+            rank_speed, and where E < P / G forces stacking on ranks of unequal speed its
+            packing can come out ahead) or "deepseek" (the exact DeepSeek / vLLM greedy, its
             own hierarchy rule, ignores rank_speed).
         previous: the current placement (int [L, P'] or Placement): the new one moves as
             few experts from it as it can at the same balance (plumb.movement: interchangeable
@@ -170,7 +193,11 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             global solution is then tried as well and the better one kept per layer),
             "global" or "hierarchical" (forced).
         max_replicas_per_expert: int or int [E] replica cap per expert (default G, or more
-            where stacking pays); plumb only.
+            where stacking pays); plumb only. Hierarchical layers give an expert at most
+            min(cap, ranks per node) replicas, so caps that could leave a node's groups
+            short of its slots rule the hierarchical policy out ("auto" solves globally,
+            "hierarchical" raises). With ``previous``, repairs add no replica past a cap;
+            layers kept as ``previous`` (``layers``, a spent ``move_budget``) keep its counts.
         bytes_per_expert: bytes of one expert's weights, to report moved bytes.
         objective: "mean" (default: balance the loads summed over the window) or "robust"
             (needs a window [T, L, E] and the global policy): minimise, per layer,
@@ -231,7 +258,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
 
     if policy == "plumb":
         caps = as_caps(max_replicas_per_expert, num_experts, num_slots, num_ranks)
-        try_global, try_hier = _modes(hierarchy, num_groups, node_ranks)
+        try_global, try_hier = _modes(hierarchy, num_groups, node_ranks, topo.num_nodes,
+                                      None if max_replicas_per_expert is None else caps, slots)
         balanced = weights
         if objective == "robust":
             try_global, try_hier = True, False
@@ -260,7 +288,8 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
 
     context = SolveContext(weights, window, topo, num_groups, previous, traffic, tokens,
                            dispatch=dispatch, load_slack=load_slack, winner=winner,
-                           policy=policy, movement=options)
+                           policy=policy, movement=options,
+                           caps=None if max_replicas_per_expert is None else caps)
     for post_pass in _post_passes():
         passed = post_pass(phy2log, context)
         if passed is not phy2log:
@@ -292,19 +321,35 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
 
 def _deepseek(weights: np.ndarray, num_slots: int, num_groups: int, topo: Topology,
               hierarchy: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(phy2log, logcnt, winner) of the DeepSeek greedy in the requested hierarchy mode."""
+    """(phy2log, logcnt, winner) of the DeepSeek greedy in the requested hierarchy mode.
+
+    DeepSeek's hierarchical mapping numbers ranks node-major (node n holds ranks n * gpn to
+    (n + 1) * gpn - 1, every node the same size). Topologies labelled otherwise get the same
+    placement with each node's rank blocks moved to that node's ranks; with nodes of unequal
+    size the hierarchical mapping does not apply ("auto" falls back to global, as for
+    num_groups not divisible by the nodes)."""
     from .deepseek import deepseek_rebalance
 
     num_nodes = topo.num_nodes
-    hierarchical = num_groups % num_nodes == 0
+    node_ranks, _ = kernel_topology(topo)
+    hierarchical = num_groups % num_nodes == 0 and node_ranks is not None
     if hierarchy == "hierarchical" and not hierarchical:
         raise InputError(f"hierarchy='hierarchical' needs num_groups ({num_groups}) divisible "
-                         f"by the topology's nodes ({num_nodes})")
+                         f"by the topology's nodes ({num_nodes}) and the same number of ranks "
+                         "on every node")
     if hierarchy == "global":
         hierarchical = False
     groups, nodes = (num_groups, num_nodes) if hierarchical else (1, 1)
     phy2log, logcnt = deepseek_rebalance(weights, num_slots, groups, nodes, topo.num_ranks)
+    phy2log = np.ascontiguousarray(phy2log, dtype=np.int64)
+    if hierarchical and num_nodes > 1:
+        ranks = node_ranks.ravel()
+        if (ranks != np.arange(ranks.shape[0])).any():
+            slots = num_slots // topo.num_ranks
+            blocks = phy2log.reshape(phy2log.shape[0], -1, slots)
+            placed = np.empty_like(blocks)
+            placed[:, ranks] = blocks
+            phy2log = placed.reshape(phy2log.shape)
     mode = HIERARCHICAL if hierarchical and num_nodes > 1 else GLOBAL
     winner = np.full(weights.shape[0], mode, dtype=np.int8)
-    return (np.ascontiguousarray(phy2log, dtype=np.int64),
-            np.ascontiguousarray(logcnt, dtype=np.int64), winner)
+    return phy2log, np.ascontiguousarray(logcnt, dtype=np.int64), winner
