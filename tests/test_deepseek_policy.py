@@ -275,3 +275,30 @@ def test_vllm_float32_cast_changes_nothing_for_token_counts():
             ours = deepseek_rebalance(w, *args)
             vllm = numpy_deepseek_rebalance(w, *args, dtype=np.float32)
             assert np.array_equal(ours[0], vllm[0]) and np.array_equal(ours[1], vllm[1])
+
+
+def test_hierarchical_needs_equal_nodes_and_follows_their_ranks():
+    import plumb
+
+    w = np.arange(1, 9, dtype=np.float64)
+    uneven = plumb.Topology.from_levels([0, 0, 0, 1])
+    with pytest.raises(InputError, match=r"nodes \(2\) and the same number of ranks"):
+        plumb.solve(w, uneven, num_redundant=4, num_groups=2, policy="deepseek",
+                    hierarchy="hierarchical")
+    # "auto" falls back to the global greedy, as for groups not divisible by the nodes.
+    auto = plumb.solve(w, uneven, num_redundant=4, num_groups=2, policy="deepseek")
+    assert auto.metrics.hierarchy == "global"
+    assert np.array_equal(auto.phy2log, numpy_deepseek_rebalance(w[None], 12, 1, 1, 4)[0])
+    # Nodes whose ranks interleave get DeepSeek's node-major placement moved onto them: each
+    # group stays on one node.
+    interleaved = plumb.Topology.from_levels([0, 1, 0, 1])
+    blocked = plumb.Topology.from_levels([0, 0, 1, 1])
+    moved = plumb.solve(w, interleaved, num_redundant=4, num_groups=2, policy="deepseek")
+    plain = plumb.solve(w, blocked, num_redundant=4, num_groups=2, policy="deepseek")
+    assert moved.metrics.hierarchy == plain.metrics.hierarchy == "hierarchical"
+    blocks = plain.phy2log.reshape(4, 3)
+    np.testing.assert_array_equal(moved.phy2log.reshape(4, 3)[[0, 2, 1, 3]], blocks)
+    for placement, topo in ((moved, interleaved), (plain, blocked)):
+        node_of_slot = np.repeat(topo.node_of_rank, 3)
+        for group in range(2):
+            assert np.unique(node_of_slot[placement.phy2log[0] // 4 == group]).size == 1

@@ -44,6 +44,13 @@ def test_bad_loads(loads, match):
     (dict(previous=np.zeros((2, 8), dtype=np.int64)), "previous"),
     (dict(previous=np.tile(np.arange(8), (3, 1))), "previous"),
     (dict(traffic=np.ones((2, 3, 8))), "traffic"),
+    (dict(traffic=np.ones((2, 4, 8)) + 5j), "traffic must hold integer or float counts"),
+    (dict(traffic=np.ones((2, 4, 8), dtype=bool)), "traffic must hold integer or float"),
+    (dict(num_redundant=10 ** 30), "plumb solves at most 1048576"),
+    (dict(num_redundant=2 ** 40), "plumb solves at most 1048576"),
+    (dict(previous=np.tile(np.r_[np.arange(8), 0, 1], (2, 1))),
+     "previous's P = 10 must be divisible by G = 4"),
+    (dict(previous=np.tile(np.arange(4), (2, 1))), "previous's P = 4 physical slots must be"),
 ])
 def test_bad_arguments(kwargs, match):
     topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2)
@@ -61,7 +68,17 @@ def test_bad_topology():
         plumb.solve(GOOD, "4")
 
 
+def test_huge_caps_mean_no_cap():
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2)
+    expected = plumb.solve(GOOD, topo, num_redundant=4, hierarchy="global").logcnt
+    for caps in (10 ** 30, np.full(8, 2 ** 64 - 1, dtype=np.uint64)):
+        placed = plumb.solve(GOOD, topo, num_redundant=4, hierarchy="global",
+                             max_replicas_per_expert=caps)
+        np.testing.assert_array_equal(placed.logcnt, expected)
+
+
 @pytest.mark.parametrize("phy2log, match", [
+    (np.tile(np.r_[np.arange(8), 0], (2, 1)), "phy2log's P = 9 must be divisible by G = 2"),
     (np.tile(np.arange(7), (2, 1)), "divisible by G|>= E"),
     (np.tile(np.r_[np.arange(7), 7.5], (2, 1)), "integer"),
     (np.tile(np.r_[np.arange(7), 8], (2, 1)), r"\[0, 8\)"),
@@ -148,3 +165,21 @@ def test_torch_loads_without_readable_values():
         quantized = torch.quantize_per_tensor(torch.ones(2, 8), 0.1, 0, torch.quint8)
     with pytest.raises(InputError, match="loads: cannot read the tensor's values"):
         plumb.solve(quantized, 4)
+
+
+def test_caps_a_node_cannot_fill_rule_out_the_hierarchical_policy():
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2)
+    # Group 1 (experts 2, 3) may hold 1 + 2 replicas on a node of 4 slots: hierarchical
+    # layers would have to break expert 2's cap.
+    caps = [2, 2, 1, 3]
+    auto = plumb.solve([1, 1, 10, 5], topo, num_redundant=4, num_groups=2,
+                       max_replicas_per_expert=caps)
+    assert auto.metrics.hierarchy == "global"
+    assert (auto.logcnt <= caps).all()
+    with pytest.raises(InputError, match="cannot keep to max_replicas_per_expert"):
+        plumb.solve([1, 1, 10, 5], topo, num_redundant=4, num_groups=2,
+                    max_replicas_per_expert=caps, hierarchy="hierarchical")
+    # Caps every node can fill leave the hierarchical policy in play.
+    roomy = plumb.solve([1, 1, 10, 5], topo, num_redundant=4, num_groups=2,
+                        max_replicas_per_expert=2, hierarchy="hierarchical")
+    assert roomy.metrics.hierarchy == "hierarchical" and (roomy.logcnt <= 2).all()

@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError("plumb bench moves times the torch executor: install the torch "
                            "extra (pip install 'plumb[torch]')") from None
     if args.shapes:
-        names = args.shapes.split(",")
+        names = [name.strip() for name in args.shapes.split(",") if name.strip()]
     else:
         names = ["qwen3-30b", "mixtral"] if args.quick else [s.name for s in SHAPES]
     by_name = {s.name: s for s in SHAPES}

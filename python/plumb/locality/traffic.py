@@ -38,9 +38,13 @@ def as_load_slack(load_slack: Any) -> float:
 def _as_float_array(value: Any, name: str) -> np.ndarray:
     value = host_values(value, name)
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be an array of numbers") from None
+    # As for loads: complex values would lose their imaginary part, booleans are no counts.
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"{name} must hold integer or float counts, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
     # Two reductions instead of boolean temporaries: a NaN fails the first comparison.
     if arr.size and not (arr.min() >= 0 and arr.max() < np.inf):
         raise InputError(f"{name} must hold finite counts >= 0")

@@ -160,15 +160,28 @@ def as_choice(value: Any, name: str, choices: Tuple[str, ...]) -> str:
     return value
 
 
-def check_slots(num_experts: int, num_slots: int, num_ranks: int) -> int:
-    """Slots per rank S for P = num_slots over G = num_ranks, after the shape rules of SPEC 1."""
+# The most physical slots per layer plumb solves for (about a thousand times today's
+# largest deployments): the solver's per-layer arrays scale with P, and a mistyped
+# num_redundant such as 10**12 must fail at once, not exhaust memory.
+MAX_SLOTS = 1 << 20
+
+
+def check_slots(num_experts: int, num_slots: int, num_ranks: int,
+                name: str = "P = E + num_redundant") -> int:
+    """Slots per rank S for P = num_slots over G = num_ranks, after the shape rules of SPEC 1;
+    ``name`` says where P comes from in the messages (a placement's columns, or E plus
+    num_redundant)."""
+    if num_slots > MAX_SLOTS:
+        raise InputError(f"{name} = {num_slots} slots per layer; plumb solves at most "
+                         f"{MAX_SLOTS}")
     if num_slots < num_experts:
-        raise InputError(f"P = {num_slots} physical slots must be >= E = {num_experts} experts")
+        raise InputError(f"{name} = {num_slots} physical slots must be >= E = {num_experts} "
+                         "experts")
     if num_ranks > num_slots:
-        raise InputError(f"G = {num_ranks} ranks must be <= P = {num_slots} physical slots")
+        raise InputError(f"G = {num_ranks} ranks must be <= {name} = {num_slots} physical "
+                         "slots")
     if num_slots % num_ranks:
-        raise InputError(f"P = E + num_redundant = {num_slots} must be divisible by G = "
-                         f"{num_ranks} ranks")
+        raise InputError(f"{name} = {num_slots} must be divisible by G = {num_ranks} ranks")
     return num_slots // num_ranks
 
 
@@ -188,7 +201,7 @@ def as_phy2log(phy2log: Any, name: str, num_layers: int, num_experts: int,
         if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
             raise InputError(f"{name} must hold integer expert ids, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
-    check_slots(num_experts, arr.shape[1], num_ranks)
+    check_slots(num_experts, arr.shape[1], num_ranks, f"{name}'s P")
     if arr.min() < 0 or arr.max() >= num_experts:
         raise InputError(f"{name} entries must be expert ids in [0, {num_experts}), got range "
                          f"[{arr.min()}, {arr.max()}]")
@@ -228,13 +241,16 @@ def as_caps(value: Any, num_experts: int, num_slots: int, num_ranks: int) -> np.
         # E * G < P: some expert must exceed one replica per rank.
         cap = num_ranks if num_experts * num_ranks >= num_slots else num_slots
         return shared_full(num_experts, cap)
+    # A cap above P allows as much as P: clipped first, so that any int fits int64.
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = min(as_int(value, "max_replicas_per_expert", 1), num_slots)
     arr = to_numpy(value, "max_replicas_per_expert")
     if arr.ndim == 0:
         arr = np.full(num_experts, arr)
     if arr.shape != (num_experts,) or arr.dtype.kind not in "iu" or (arr < 1).any():
         raise InputError(f"max_replicas_per_expert must be an int >= 1 or ints >= 1 of "
                          f"shape [E] = [{num_experts}], got {value!r}")
-    caps = arr.astype(np.int64)
+    caps = np.minimum(arr, num_slots).astype(np.int64)
     if num_experts * num_ranks >= num_slots:
         caps = np.minimum(caps, num_ranks)
     if caps.sum() < num_slots:
