@@ -173,10 +173,35 @@ def test_per_source_traffic():
     assert traffic[0, 1].tolist() == [1, 1, 0] and traffic[0, 3].tolist() == [0, 0, 2]
     assert traffic[1, 1].tolist() == [0, 1, 0]
     assert torch.equal(traffic.sum(1), rec.totals())
-    with pytest.raises(InputError, match="source must be an int"):
-        rec.record(0, torch.tensor([[0]]), source=4)
+    before = (rec.current().clone(), rec.totals().clone(), rec.traffic().clone())
+    for source in (4, -1, 1.0, True):
+        with pytest.raises(InputError, match="source must be an int"):
+            rec.record(0, torch.tensor([[0]]), source=source)
+    # A refused source counted nothing anywhere (counts and traffic stay consistent).
+    for read, old in zip((rec.current(), rec.totals(), rec.traffic()), before):
+        assert torch.equal(read, old)
+    rec.record(0, torch.tensor([[0]]), source=np.int64(2))
+    assert rec.traffic()[0, 2].tolist() == [1, 0, 0]
     with pytest.raises(InputError, match="per-source accounting is off"):
         Recorder(1, 3).traffic()
+    with pytest.raises(InputError, match="source must be an int"):
+        Recorder(1, 3, num_sources=2, source=1.0)
+
+
+def test_first_record_under_inference_mode_keeps_recording_outside_it():
+    from plumb.capture.tiny_models import tiny_model
+
+    model = tiny_model("qwen3_moe", num_layers=2)
+    with plumb.profile(model) as rec:
+        with torch.inference_mode():
+            model(torch.randint(0, 64, (1, 4)))
+        # Buffers made in inference mode could not be stepped or updated outside it.
+        with torch.no_grad():
+            model(torch.randint(0, 64, (1, 4)))
+        assert rec.steps == 2
+        assert int(rec.window().sum()) == 2 * 2 * 4 * model.config.num_experts_per_tok
+        rec.reset()
+        assert rec.steps == 0
 
 
 def test_reset_and_empty_reads():

@@ -107,6 +107,23 @@ def test_huge_num_experts_sparse():
 
 def test_lists_via_plumb_entry_point():
     np.testing.assert_array_equal(plumb.expert_histogram([[0, 2], [2, -1]], 3), [1, 0, 2])
+    # Empty lists are no ids (numpy would make them float).
+    for empty in ([], [[]]):
+        np.testing.assert_array_equal(plumb.expert_histogram(empty, 3), [0, 0, 0])
+
+
+def test_num_experts_and_dtype_spellings():
+    # np.longlong is int64 under another dtype object; numpy ints are ints.
+    ids = np.array([[0, 2]], dtype=np.longlong)
+    out = np.zeros(3, dtype=np.longlong)
+    plumb_native.histogram(ids, 3, out)
+    np.testing.assert_array_equal(out, [1, 0, 1])
+    np.testing.assert_array_equal(plumb.expert_histogram(ids, np.int64(3)), [1, 0, 1])
+    with pytest.raises(ValueError, match=r"num_experts must be < 2\*\*63"):
+        plumb_native.histogram(ids, 2 ** 63)
+    for bad in (3.9, True, "3"):
+        with pytest.raises(TypeError, match="num_experts must be an int"):
+            plumb.expert_histogram(ids, bad)
 
 
 @st.composite

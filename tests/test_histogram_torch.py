@@ -162,3 +162,17 @@ def test_torch_compile_inductor_inplace():
     out = torch.zeros(3, 32, dtype=torch.int64)
     assert int(record(out, ids)) == 3 * 16 * 8
     assert torch.equal(out, reference(ids, 32))
+
+
+def test_torch_thread_count_beyond_the_native_limit_is_clamped():
+    import plumb_native
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(plumb_native.MAX_THREADS + 500)
+        counts = plumb.expert_histogram(torch.tensor([[0, 1], [1, 3]]), 4)
+    finally:
+        torch.set_num_threads(threads)
+    assert counts.tolist() == [1, 2, 0, 1]
+    with pytest.raises(TypeError, match="num_experts must be an int"):
+        plumb.expert_histogram(torch.tensor([[0, 1]]), 3.9)

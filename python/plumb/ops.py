@@ -10,9 +10,9 @@
 
 Ids are int32 or int64; -1 is padding. The checked ops raise ValueError naming the first id
 outside [0, E) and leave ``out`` unchanged. CPU tensors go to the C++ kernel without a copy
-(threads = ``torch.get_num_threads()``); every other device uses one fused ``scatter_add_``
-over all layers (``_binned_counts``); there the checked ops cost one host sync for validation
-and the deferred op none.
+(threads = ``torch.get_num_threads()``, at most ``plumb_native.MAX_THREADS``); every other
+device uses one fused ``scatter_add_`` over all layers (``_binned_counts``); there the checked
+ops cost one host sync for validation and the deferred op none.
 """
 
 from __future__ import annotations
@@ -101,13 +101,17 @@ def _accumulate_device(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
     out.add_(counts[:, 1:-1].reshape(out.shape))
 
 
+def _native_threads() -> int:
+    """torch's intra-op thread count, within what the native kernel accepts."""
+    return min(torch.get_num_threads(), plumb_native.MAX_THREADS)
+
+
 def _accumulate_cpu(out: torch.Tensor, topk_ids: torch.Tensor) -> None:
     if out.is_contiguous():
-        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], out.numpy(),
-                               torch.get_num_threads())
+        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], out.numpy(), _native_threads())
         return
     out.add_(torch.from_numpy(
-        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], None, torch.get_num_threads())))
+        plumb_native.histogram(topk_ids.numpy(), out.shape[-1], None, _native_threads())))
 
 
 def _histogram_device(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -121,7 +125,7 @@ def _histogram_device(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
 def _histogram_cpu(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     _check_num_experts(topk_ids, num_experts)
     return torch.from_numpy(
-        plumb_native.histogram(topk_ids.numpy(), num_experts, None, torch.get_num_threads()))
+        plumb_native.histogram(topk_ids.numpy(), num_experts, None, _native_threads()))
 
 
 def _histogram_fake(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:

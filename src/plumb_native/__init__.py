@@ -12,7 +12,11 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["histogram", "default_num_threads"]
+__all__ = ["histogram", "default_num_threads", "MAX_THREADS"]
+
+# The most worker threads ``histogram`` accepts (the C++ binding checks the same bound).
+MAX_THREADS = 1024
+_INT64 = np.dtype(np.int64)
 
 
 def default_num_threads() -> int:
@@ -35,8 +39,9 @@ def histogram(
         num_experts: E >= 1; every other id must lie in ``[0, E)``.
         out: optional int64 C-contiguous array, ``[E]`` (for 1-D/2-D ids) or ``[L, E]``,
             that the counts are *added* to (the current window slot).
-        num_threads: worker threads (>= 1); None uses :func:`default_num_threads`.
-            Small inputs use fewer threads than asked. The GIL is released.
+        num_threads: worker threads in [1, ``MAX_THREADS``]; None uses
+            :func:`default_num_threads`. Small inputs use fewer threads than asked. The GIL
+            is released.
 
     Returns:
         int64 counts ``[E]`` or ``[L, E]``: ``out`` itself when given.
@@ -49,6 +54,16 @@ def histogram(
     """
     if not isinstance(ids, np.ndarray):
         ids = np.asarray(ids)
-        if ids.dtype.kind in "iu" and ids.dtype != np.int32:
+        # Nested lists: any integers (and an empty list, which numpy makes float) as int64.
+        if (ids.dtype.kind in "iu" and ids.dtype != np.int32) or ids.size == 0:
             ids = ids.astype(np.int64)
+    # np.longlong is int64 under another dtype object, which the binding would refuse.
+    if ids.dtype is not _INT64 and ids.dtype == _INT64:
+        ids = ids.view(_INT64)
+    if isinstance(out, np.ndarray) and out.dtype is not _INT64 and out.dtype == _INT64:
+        out = out.view(_INT64)
+    if isinstance(num_experts, np.integer) and not isinstance(num_experts, np.bool_):
+        num_experts = int(num_experts)
+    if isinstance(num_experts, int) and num_experts >= 2 ** 63:
+        raise ValueError(f"num_experts must be < 2**63, got {num_experts}")
     return _C.histogram(ids, num_experts, out, num_threads)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .. import ops  # also registers torch.ops.plumb.*
@@ -49,6 +50,15 @@ def _direct_only(topk_ids: torch.Tensor) -> bool:
     must add its counts, not copy ids into a row that ``step()`` never sees between replays)."""
     return torch.compiler.is_compiling() or (topk_ids.is_cuda
                                              and torch.cuda.is_current_stream_capturing())
+
+
+def _source_index(source: Any, num_sources: int) -> int:
+    """``source`` as a Python int in [0, num_sources) (numpy ints accepted), else
+    InputError."""
+    if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)) \
+            and 0 <= source < num_sources:
+        return int(source)
+    raise InputError(f"source must be an int in [0, {num_sources}), got {source!r}")
 
 
 class Recorder:
@@ -76,8 +86,8 @@ class Recorder:
         self.num_sources = None if num_sources is None else as_int(num_sources, "num_sources", 1)
         if self.num_sources is None and source != 0:
             raise InputError("source needs num_sources (per-source accounting is off)")
-        if self.num_sources is not None and not 0 <= source < self.num_sources:
-            raise InputError(f"source must lie in [0, {self.num_sources}), got {source!r}")
+        if self.num_sources is not None:
+            source = _source_index(source, self.num_sources)
         self.source = source
         if layer_names is not None and len(layer_names) != self.num_layers:
             raise InputError(f"layer_names has {len(layer_names)} names for "
@@ -95,6 +105,14 @@ class Recorder:
     # -- buffers -----------------------------------------------------------------------------
 
     def _allocate(self, device: torch.device) -> None:
+        # Normal tensors even when the first record() runs under torch.inference_mode()
+        # (as servers run forwards): inference tensors could not be updated outside it, and
+        # step() / reset() / a later no_grad forward would fail. In-place updates of normal
+        # tensors are allowed inside inference mode.
+        with torch.inference_mode(False):
+            self._allocate_buffers(device)
+
+    def _allocate_buffers(self, device: torch.device) -> None:
         shape = (self.num_layers, self.num_experts)
         self._device = device
         self._current = torch.zeros(shape, dtype=torch.int64, device=device)
@@ -155,10 +173,10 @@ class Recorder:
             raise InputError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if self._current is None:
             self._allocate(topk_ids.device)
+        # Checked before anything is counted: a bad source adds nothing anywhere.
+        source = self._source_of(source)
         staged = (self._staged is not None and topk_ids.numel() <= STAGED_IDS
                   and not _direct_only(topk_ids))
-        if staged:
-            source = self._source_of(source)
         if topk_ids.ndim != 2:
             topk_ids = topk_ids.reshape(-1)
         try:
@@ -183,12 +201,12 @@ class Recorder:
             return 0
         if source is None:
             return self.source
-        if type(source) is not int or not 0 <= source < self.num_sources:
-            raise InputError(f"source must be an int in [0, {self.num_sources}), got {source!r}")
-        return source
+        return source if type(source) is int and 0 <= source < self.num_sources else \
+            _source_index(source, self.num_sources)
 
-    def _record_source(self, layer: int, topk_ids: torch.Tensor, source: Optional[int]) -> None:
-        target = self._traffic[layer, self._source_of(source)]
+    def _record_source(self, layer: int, topk_ids: torch.Tensor, source: int) -> None:
+        """Adds ``topk_ids`` to the traffic row of the checked ``source``."""
+        target = self._traffic[layer, source]
         if self._deferred:
             _histogram_deferred_(target, self._num_invalid, topk_ids)
         else:
