@@ -172,6 +172,12 @@ def test_traffic_shapes_and_errors():
     with pytest.raises(InputError, match="finite counts >= 0"):
         as_traffic(-np.ones((2, 4, 5)), 2, 4, 5)
     topo, phy2log, loads, traffic = _example()
+    for bad, message in ((dict(num_experts=3.0), "num_experts must be an int"),
+                         (dict(num_experts=True), "num_experts must be an int")):
+        with pytest.raises(InputError, match=message):
+            routing_table(phy2log, topo, **bad)
+    with pytest.raises(InputError, match="phy2log must hold integer expert ids"):
+        routing_table("abc", topo)
     with pytest.raises(InputError, match="dispatch must be one of"):
         traffic_metrics(phy2log, loads, topo, traffic, "random")
     with pytest.raises(InputError, match="must be divisible by G = 3 ranks"):

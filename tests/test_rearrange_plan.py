@@ -144,6 +144,8 @@ def test_inputs_accepted_in_other_forms():
     # 2**62 bytes per copy: the per-rank int64 byte totals of 2 copies would wrap negative.
     ([[0, 1]], [[1, 0]], 1, 2 ** 62, {}, "bytes_per_expert = 4611686018427387904 is too large"),
     ([[0, 1]], [[0, 1]], 1, 1, {"num_experts": 0}, "num_experts"),
+    # uint64 ids past int64 used to wrap to negative ones.
+    (np.array([[2 ** 63 + 5, 1]], dtype=np.uint64), [[0, 1]], 1, 1, {}, "past int64"),
     ([[0, 1]], [[0, 1]], "two", 1, {}, "topo"),
 ])
 def test_invalid_inputs_raise_input_error(old, new, topo, size, kwargs, message):

@@ -197,6 +197,10 @@ def test_bad_placements_raise_input_error(case, bad, message):
 
 
 def test_bad_loads_raise_input_error():
+    with pytest.raises(InputError, match="title is not valid Unicode"):
+        plumb.report(np.ones((2, 8)), 2, title="\ud800")
+    with pytest.raises(InputError, match="previous_source must be a str"):
+        plumb.report(np.ones((2, 8)), 2, previous_source=3)
     with pytest.raises(InputError):
         plumb.report(np.full((2, 8), -1.0), 2)
     with pytest.raises(InputError):

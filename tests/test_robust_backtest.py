@@ -64,6 +64,9 @@ def test_current_placement_is_scored_and_results_are_deterministic():
     (dict(policies=("plumb", "magic")), None, "policies"),
     (dict(policies="robust"), None, "policies"),
     (dict(policies=()), None, "policies"),
+    (dict(policies=None), None, "policies"),
+    (dict(policies=5), None, "policies"),
+    (dict(current="abc"), None, "current must be"),
     ({}, np.ones((4, 16)), r"\[T, L, E\]"),
     ({}, np.ones((1, 4, 16)), ">= 2 steps"),
     ({}, -np.ones((4, 4, 16)), ">= 0"),
@@ -71,3 +74,9 @@ def test_current_placement_is_scored_and_results_are_deterministic():
 def test_errors(kwargs, data, match):
     with pytest.raises(InputError, match=match):
         run(window() if data is None else data, **kwargs)
+
+
+def test_policies_may_be_any_iterable():
+    # An iterator checked with all() was used up before any policy was solved.
+    result = run(window(), policies=iter(["plumb", "deepseek"]))
+    assert [score.policy for score in result.scores] == ["plumb", "deepseek"]

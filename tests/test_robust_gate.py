@@ -110,8 +110,10 @@ def test_argument_errors(change, match):
 
 def test_input_errors():
     window = sampled(UNIFORM, 8, 0)
-    with pytest.raises(InputError, match="previous"):
+    with pytest.raises(InputError, match="current_phy2log"):
         plumb.recommend(balanced_for(UNIFORM)[:2], window, TOPO, **GATE)
+    with pytest.raises(InputError, match="current_phy2log"):
+        plumb.recommend(None, window, TOPO, **GATE)
     with pytest.raises(InputError, match=r"\[T, L, E\]"):
         plumb.recommend(balanced_for(UNIFORM), window[0], TOPO, **GATE)
     with pytest.raises(InputError, match="no load"):
@@ -147,3 +149,16 @@ def test_gate_false_positive_rate_on_pure_noise_with_few_steps():
                for seed in range(200)]
     assert np.mean([answer.apply for answer in answers]) <= 16 / 200
     assert all(0 < answer.p_value <= 1 for answer in answers)
+
+
+def test_idle_held_out_steps_do_not_count_as_savings():
+    # One loaded held-out step, on which the proposal is 95% worse, and three idle ones: a
+    # resample of idle steps only has no saving to measure (it had counted as +100%).
+    fit = np.array([[[40.0, 40, 1, 1]]] * 4)
+    held = np.zeros((4, 1, 4))
+    held[0, 0] = [40, 1, 40, 1]
+    decision = plumb.recommend(np.array([[0, 1, 2, 3]]), np.concatenate([fit, held]), 2,
+                               bytes_per_expert=10 ** 6, step_time_s=0.01)
+    assert decision.saving_fraction == pytest.approx(-39 / 41)
+    assert decision.saving_ci[1] == pytest.approx(-39 / 41) and decision.saving_low < 0
+    assert not decision.apply

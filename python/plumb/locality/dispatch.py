@@ -16,7 +16,7 @@ from numba import njit
 from ..errors import InputError
 from ..solver.jit import kernel
 from ..solver.threads import run_layers
-from ..solver.validate import as_loads, as_phy2log, to_numpy
+from ..solver.validate import as_int, as_loads, as_phy2log, to_numpy
 from ..topology import CROSS_NODE, CROSS_NUMA, Topology, TopologyLike, as_topology
 from .equivalence import placement_invariant
 from .levels import group_sums, level_layout, source_row
@@ -278,7 +278,10 @@ def routing_table(phy2log: Any, topo: TopologyLike, num_experts: Optional[int] =
     topo = as_topology(topo)
     arr = to_numpy(phy2log, "phy2log")
     if num_experts is None:
+        if arr.dtype.kind not in "iuf":
+            raise InputError(f"phy2log must hold integer expert ids, got dtype {arr.dtype}")
         num_experts = int(arr.max()) + 1 if arr.size else 0
+    num_experts = as_int(num_experts, "num_experts", 1)
     placement = check_phy2log(arr, num_experts, topo)
     table = np.empty((placement.shape[0], topo.num_ranks, num_experts), dtype=np.int64)
     _routing_table_model(placement, placement.shape[1] // topo.num_ranks, num_experts,

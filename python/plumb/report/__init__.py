@@ -53,6 +53,9 @@ def report(loads: Any, topo: Any, placement: Any = None, previous: Any = None, *
         InputError: malformed loads, placements or options.
         PlumbError: ``png=True`` without ``output``, or without matplotlib.
     """
+    for name, text in (("title", title), ("placement_source", placement_source),
+                       ("previous_source", previous_source)):
+        _check_text(text, name)
     data = build_report_data(loads, topo, placement, previous, traffic=traffic, title=title,
                              bytes_per_expert=bytes_per_expert, solve_kwargs=solve_kwargs,
                              placement_source=placement_source, previous_source=previous_source)
@@ -63,6 +66,22 @@ def report(loads: Any, topo: Any, placement: Any = None, previous: Any = None, *
     if png:
         write_report_pngs(data, output)
     return page
+
+
+def _check_text(text: Optional[str], name: str) -> None:
+    """Raises InputError unless ``text`` is None or a str the UTF-8 page can hold (a lone
+    surrogate such as '\\ud800' cannot be encoded)."""
+    from ..errors import InputError
+
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(f"{name} is not valid Unicode text ({err.reason} at character "
+                         f"{err.start})") from None
 
 
 def write_report_pngs(data: ReportData, output: Optional[PathLike]) -> List[Path]:

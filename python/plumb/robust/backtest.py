@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -10,6 +11,7 @@ import numpy as np
 from ..bench.results import markdown_table
 from ..errors import InputError
 from ..topology import TopologyLike, as_topology
+from ..solver.metrics import as_previous
 from ..solver.validate import to_numpy
 from .checks import as_window, split_window
 
@@ -86,9 +88,14 @@ def backtest(window: Any, topo: TopologyLike, num_redundant: int = 0, num_groups
     topo = as_topology(topo)
     window = as_window(window)
     fit, held = split_window(window, fit_fraction)
-    if isinstance(policies, str) or not all(p in POLICIES for p in policies) or not policies:
+    # Read once into a tuple: an iterator checked with all() would be used up before the
+    # loop below, and None or a number is no sequence at all.
+    chosen = tuple(policies) if isinstance(policies, Iterable) and not isinstance(
+        policies, str) else ()
+    if not chosen or not all(p in POLICIES for p in chosen):
         raise InputError(f"policies must be a non-empty sequence of {list(POLICIES)}, got "
                          f"{policies!r}")
+    policies = chosen
     placements: Dict[str, np.ndarray] = {}
     for policy in policies:
         kwargs = dict(num_redundant=num_redundant, num_groups=num_groups, hierarchy=hierarchy)
@@ -97,7 +104,8 @@ def backtest(window: Any, topo: TopologyLike, num_redundant: int = 0, num_groups
         placements[policy] = solve(fit, topo, policy="deepseek" if policy == "deepseek"
                                    else "plumb", **kwargs).phy2log
     if current is not None:
-        placements["current"] = current.phy2log if hasattr(current, "phy2log") else current
+        placements["current"] = as_previous(current, window.shape[1], window.shape[2],
+                                            topo.num_ranks, "current")
     scores = []
     for policy, phy2log in placements.items():
         on_fit = evaluate(phy2log, fit, topo)

@@ -124,7 +124,8 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
     topo = as_topology(topo)
     window = as_window(window)
     num_layers, num_experts = window.shape[1:]
-    current = as_previous(current_phy2log, num_layers, num_experts, topo.num_ranks)
+    current = as_previous(current_phy2log, num_layers, num_experts, topo.num_ranks,
+                          "current_phy2log")
     bytes_per_expert = as_int(bytes_per_expert, "bytes_per_expert", 0)
     step_time_s = as_number(step_time_s, "step_time_s", 0.0, low_open=True)
     moe_fraction = as_number(moe_fraction, "moe_fraction", 0.0, 1.0, low_open=True)
@@ -144,8 +145,11 @@ def recommend(current_phy2log: Any, window: Any, topo: TopologyLike, *, bytes_pe
         raise InputError("window's held-out steps carry no load; nothing to decide on")
 
     picks = resample_steps(held.shape[0], num_resamples, seed)
-    saving_samples = 1.0 - new_max[picks].sum(axis=1) / np.maximum(cur_max[picks].sum(axis=1),
-                                                                     1e-300)
+    resampled_cur = cur_max[picks].sum(axis=1)
+    # A resample of idle steps only has no saving to measure (0 / 0): it is left out, where
+    # a floor on the divisor had scored it a saving of 100%.
+    loaded = resampled_cur > 0
+    saving_samples = 1.0 - new_max[picks][loaded].sum(axis=1) / resampled_cur[loaded]
     saving = float(1.0 - new_max.sum() / cur_max.sum())
     saving_low = lower_bound(saving_samples, confidence)
     moe_time = step_time_s * moe_fraction

@@ -274,8 +274,10 @@ def with_extras(metrics: Metrics, phy2log: np.ndarray, weights: np.ndarray, topo
     return replace(metrics, **extras)
 
 
-def as_previous(previous: Any, num_layers: int, num_experts: int, num_ranks: int) -> np.ndarray:
-    """A previous placement (array or Placement) validated as int64 [L, P']."""
+def as_previous(previous: Any, num_layers: int, num_experts: int, num_ranks: int,
+                name: str = "previous") -> np.ndarray:
+    """A previous placement (array or Placement) validated as int64 [L, P']; errors name
+    the argument ``name``."""
     if hasattr(previous, "phy2log"):
         previous = previous.phy2log
-    return as_phy2log(previous, "previous", num_layers, num_experts, num_ranks)
+    return as_phy2log(previous, name, num_layers, num_experts, num_ranks)
