@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import plumb  # noqa: E402
+from plumb.capture import Recorder  # noqa: E402
 from plumb.capture.launcher import Settings, child_env, parse_interval  # noqa: E402
 from plumb.errors import InputError  # noqa: E402
 from plumb.io.npz import load_plumb_npz  # noqa: E402
@@ -207,9 +209,31 @@ def test_settings_and_environment(tmp_path):
         [2.0, 0.5, 90.0, 3600.0, 3.0, 0.0]
     with pytest.raises(InputError):
         parse_interval("-1s")
+    with pytest.raises(InputError, match="finite"):
+        parse_interval("1e999s")
+    with pytest.raises(InputError, match=r"--window must be in \[1, 2147483647\]"):
+        Settings(Path("s.npz"), 1.0, 2 ** 70).validate()
+    # The child reads back what the parent accepted: repr() writes exponents.
+    for every in (1e-05, 1e16, 0.25):
+        env = child_env(Settings(Path("s.npz"), every, 4), {})
+        assert Settings.from_env(env).every == every
     settings = Settings(Path("rel.npz"), 2.0, 16, Path("e.jsonl"))
     env = child_env(settings, {"PYTHONPATH": "/mine", "PATH": "/bin"})
     assert env["PYTHONPATH"].endswith(os.pathsep + "/mine")
     assert Settings.from_env(env) == Settings(Path("rel.npz").absolute(), 2.0, 16,
                                               Path("e.jsonl").absolute())
     assert Settings.from_env({}) is None
+
+
+def test_a_window_that_does_not_fit_is_refused_whole():
+    from plumb.capture.tiny_models import tiny_model
+
+    recorder = Recorder(2, 8, window=2 ** 62)
+    for _ in range(2):  # refused the same way again: no half-built buffers
+        with pytest.raises(InputError, match="Recorder buffers do not fit"):
+            recorder.record(0, torch.tensor([[0, 1]]))
+    assert recorder.device is None
+    # attach(device=...) allocates at once, so a plumb run session reports it when it
+    # attaches instead of raising inside the user's forward.
+    with pytest.raises(InputError, match="do not fit"):
+        plumb.attach(tiny_model("mixtral", num_layers=1), window=2 ** 62, device="cpu")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import plumb
 from plumb.io.npz import PlumbStats, save_plumb_npz
@@ -69,3 +70,20 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         done = run(*args)
         assert done.returncode == 2
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_written_yaml_keeps_the_model_layer_ids(tmp_path):
+    from plumb.io import read_placement, write_placement
+    from plumb.io.trtllm import write_trtllm_stats
+
+    stats = tmp_path / "trt"
+    write_trtllm_stats(stats, window(hot=6.0), num_experts_per_token=2, layer_ids=[3, 9])
+    current = tmp_path / "current.yaml"
+    write_placement(current, uniform_current(), layer_ids=[3, 9])
+    out = tmp_path / "new.yaml"
+    done = run(stats, "--current", current, *GATE, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("apply the proposed placement")
+    config = yaml.safe_load(out.read_text())
+    assert sorted(config["initial_global_assignments"]) == [3, 9]  # were rewritten as 0, 1
+    assert read_placement(out).shape == (2, 12)

@@ -99,13 +99,21 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         ((tmp_path / "loads.npy", "--ranks", 4, "-o", tmp_path / "x.txt"),
          "cannot tell the output format"),
         ((tmp_path / "loads.npy", "--ranks", 4, "--steps", "1:2"), "no steps"),
+        # --numa beside --topology was silently dropped.
+        ((tmp_path / "loads.npy", "--topology", tmp_path / "t.json", "--numa", 2),
+         "give --topology or --nodes / --numa, not both"),
     ]
+    plumb.Topology.cluster(2, 2).to_json(tmp_path / "t.json")
     for args, message in cases:
         result = run(*args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "loads.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "loads.npy", "t.json"]
+    # An upper-case .PT is a torch file like .pt.
+    result = run(tmp_path / "loads.npy", "--ranks", 4, "-o", tmp_path / "p.PT")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p.PT").read_bytes()[:2] == b"PK"  # torch.save's zip, not JSON
 
 
 def test_help_documents_inputs_and_the_example():

@@ -78,7 +78,7 @@ class CaptureHandle:
 
 
 def attach(model: Any, recorder: Optional[Recorder] = None, *, window: int = 1000,
-           step_on_forward: bool = True) -> CaptureHandle:
+           step_on_forward: bool = True, device: Optional[Any] = None) -> CaptureHandle:
     """Record the experts every MoE router of ``model`` chooses, on the routers' device.
 
     Args:
@@ -91,12 +91,16 @@ def attach(model: Any, recorder: Optional[Recorder] = None, *, window: int = 100
         step_on_forward: close a step (``recorder.step()``) after every forward of ``model``,
             so one step = one forward = one decode step or prefill chunk. Set False to call
             ``step()`` yourself.
+        device: allocate the default recorder's buffers on this device now, so that a
+            window too large to fit fails here (InputError) rather than in the first
+            forward; None allocates them at the first ``record``, on the ids' device.
 
     Returns:
         A CaptureHandle; ``handle.recorder`` holds the counts and ``handle.detach()`` undoes it.
 
     Raises:
-        InputError: no router found, routers with different E, or a recorder of the wrong shape.
+        InputError: no router found, routers with different E, a recorder of the wrong shape,
+            or (with ``device``) buffers that do not fit.
     """
     routers = find_routers(model)
     if not routers:
@@ -110,7 +114,7 @@ def attach(model: Any, recorder: Optional[Recorder] = None, *, window: int = 100
     num_experts = experts.pop()
     names = [name for name, _, _ in routers]
     if recorder is None:
-        recorder = Recorder(len(routers), num_experts, window, layer_names=names)
+        recorder = Recorder(len(routers), num_experts, window, device, layer_names=names)
     elif not isinstance(recorder, Recorder):
         raise InputError(f"recorder must be a plumb.Recorder, got {type(recorder).__name__}")
     elif (recorder.num_layers, recorder.num_experts) != (len(routers), num_experts):

@@ -20,6 +20,7 @@ in a torch.distributed job of several ranks every name gets ``.rank{r}`` before 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import re
 import signal
@@ -38,8 +39,12 @@ ENV_WINDOW = "PLUMB_RUN_WINDOW"
 ENV_VLLM_JSONL = "PLUMB_RUN_VLLM_JSONL"
 INJECT_DIR = Path(__file__).resolve().parent / "_inject"
 
+# The most steps --window takes: more is a typo (2**31 steps of one layer of 8 experts is
+# a 128 GiB ring already); what fits below it depends on the model, checked at attach.
+MAX_WINDOW = 2 ** 31 - 1
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|)\s*$")
+# Exponents too: the parent hands the child repr(seconds), which writes 1e-05 or 1e+16.
+_INTERVAL = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h|)\s*$")
 
 
 def parse_interval(text: str) -> float:
@@ -48,7 +53,10 @@ def parse_interval(text: str) -> float:
     match = _INTERVAL.match(str(text))
     if match is None:
         raise InputError(f"interval must look like 2s, 500ms, 1m or 1h, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise InputError(f"interval must be finite, got {text!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,8 @@ class Settings:
     def validate(self) -> "Settings":
         if self.every < 0:
             raise InputError(f"--every must be >= 0, got {self.every}")
-        if self.window < 1:
-            raise InputError(f"--window must be >= 1, got {self.window}")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise InputError(f"--window must be in [1, {MAX_WINDOW}] steps, got {self.window}")
         return self
 
     @classmethod
@@ -133,7 +141,11 @@ class Session:
         routers = find_routers(root)
         if not routers:
             return
-        self.models.append((type(root).__name__, attach(root, window=self.settings.window)))
+        # Buffers allocated now, on the model's device: a window that does not fit is
+        # reported here (caught by on_forward) instead of raising inside the forward.
+        device = next((p.device for p in root.parameters()), None)
+        self.models.append((type(root).__name__, attach(root, window=self.settings.window,
+                                                         device=device)))
         if self._thread is None and self.settings.every > 0:
             self._thread = threading.Thread(target=self._loop, name="plumb-run-writer",
                                             daemon=True)

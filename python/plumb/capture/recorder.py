@@ -109,8 +109,18 @@ class Recorder:
         # (as servers run forwards): inference tensors could not be updated outside it, and
         # step() / reset() / a later no_grad forward would fail. In-place updates of normal
         # tensors are allowed inside inference mode.
-        with torch.inference_mode(False):
-            self._allocate_buffers(device)
+        try:
+            with torch.inference_mode(False):
+                self._allocate_buffers(device)
+        except (RuntimeError, OverflowError, TypeError) as err:
+            # Not half-built: the next record() tries again, and fails the same way.
+            self._device = None
+            self._current = None
+            per_step = self.num_layers * self.num_experts * 8
+            raise InputError(
+                f"Recorder buffers do not fit on {device}: window = {self.window_size} steps "
+                f"of [L={self.num_layers}, E={self.num_experts}] int64 counts is "
+                f"{self.window_size * per_step / 2 ** 30:.3g} GiB ({err})") from None
 
     def _allocate_buffers(self, device: torch.device) -> None:
         shape = (self.num_layers, self.num_experts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, List, Mapping, Optional
 
 import numpy as np
 
@@ -84,6 +84,13 @@ def read_input(args: argparse.Namespace):
         bar.close()
 
 
+def layer_ids_of(meta: Mapping[str, Any], num_layers: int) -> List[int]:
+    """The model layer id of each row of a statistics file (TensorRT-LLM keeps the model's,
+    which need not start at 0), else 0..L-1: what the summaries print and the placement
+    writers key TensorRT-LLM YAML by."""
+    return meta.get("layer_ids") or list(range(num_layers))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "inspect", help="show what a load statistics file holds",
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if stats.placement is not None:
         print(f"placement recorded: {stats.placement.shape[1]} slots per layer")
     ratio = expert_skew(loads)
-    layer_ids = meta.get("layer_ids") or list(range(num_layers))
+    layer_ids = layer_ids_of(meta, num_layers)
     print()
     print(f"{'layer':>5}  {'tokens':>12}  {'max/mean':>8}  {'hottest':>7}  {'idle':>4}")
     for layer in range(num_layers):

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .inspect import add_input_arguments, read_input
+from .inspect import add_input_arguments, layer_ids_of, read_input
 from .topology_args import add_topology_arguments, topology_from_args
 
 
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         if rec.apply:
             written = write_placement(args.output, rec.proposed,
+                                      layer_ids=layer_ids_of(stats.meta,
+                                                             stats.window.shape[1]),
                                       meta={"num_ranks": topo.num_ranks})
             print(f"wrote {args.output} ({written} format)")
         else:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import InputError
-from .inspect import add_input_arguments, expert_skew, read_input
+from .inspect import add_input_arguments, expert_skew, layer_ids_of, read_input
 from .topology_args import (add_topology_arguments, positive_meta, recorded_placement,
                             topology_from_args)
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
         routed = [traffic_metrics(table, weights, topo, traffic)
                   for table in (current, placement.phy2log)]
-    layer_ids = meta.get("layer_ids") or list(range(num_layers))
+    layer_ids = layer_ids_of(meta, num_layers)
     print("\n".join(_summary(args, stats, topo, placement, before, current_name, routed,
                              layer_ids)))
     if args.output is not None:

@@ -15,8 +15,8 @@ def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ranks (GPUs); default: the input's num_ranks or --topology")
     parser.add_argument("--nodes", type=int, metavar="N",
                         help="nodes, ranks split evenly (default: the input's num_nodes, else 1)")
-    parser.add_argument("--numa", type=int, default=1, metavar="M",
-                        help="NUMA domains per node (default: %(default)s)")
+    parser.add_argument("--numa", type=int, default=None, metavar="M",
+                        help="NUMA domains per node (default: 1)")
     parser.add_argument("--topology", type=Path, metavar="JSON",
                         help="topology JSON file instead of --nodes/--numa")
 
@@ -48,8 +48,8 @@ def topology_from_args(args: argparse.Namespace, meta: Mapping[str, Any]) -> Any
     from ..topology import Topology
 
     if args.topology is not None:
-        if args.nodes is not None:
-            raise InputError("give --topology or --nodes, not both")
+        if args.nodes is not None or args.numa is not None:
+            raise InputError("give --topology or --nodes / --numa, not both")
         topo = Topology.from_json(args.topology)
         if args.ranks is not None and args.ranks != topo.num_ranks:
             raise InputError(f"--ranks {args.ranks} disagrees with {args.topology} "
@@ -66,8 +66,9 @@ def topology_from_args(args: argparse.Namespace, meta: Mapping[str, Any]) -> Any
         nodes = meta_nodes if meta_nodes and ranks % meta_nodes == 0 else 1
     if nodes < 1 or ranks % nodes:
         raise InputError(f"--nodes {nodes} must be >= 1 and divide the {ranks} ranks")
-    if args.numa < 1:
-        raise InputError(f"--numa must be >= 1, got {args.numa}")
-    if nodes == 1 and args.numa == 1:
+    numa = 1 if args.numa is None else args.numa
+    if numa < 1:
+        raise InputError(f"--numa must be >= 1, got {numa}")
+    if nodes == 1 and numa == 1:
         return ranks
-    return Topology.cluster(nodes=nodes, gpus_per_node=ranks // nodes, numa_per_node=args.numa)
+    return Topology.cluster(nodes=nodes, gpus_per_node=ranks // nodes, numa_per_node=numa)

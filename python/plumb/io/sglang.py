@@ -23,7 +23,7 @@ COUNT_KEY = "logical_count"
 
 
 def _is_torch_file(path: PathLike) -> bool:
-    return os.fspath(path).endswith(".pt")
+    return os.fspath(path).lower().endswith(".pt")
 
 
 def _import_torch(name: str):
