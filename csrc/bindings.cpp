@@ -12,6 +12,9 @@ namespace py = pybind11;
 
 namespace {
 
+// The most worker threads a call may ask for (exported as plumb_native.MAX_THREADS).
+constexpr long long kMaxThreads = 1024;
+
 // Messages are joined with std::string and std::to_string, not iostreams: built with g++ 13.3
 // (Ubuntu 24.04, libstdc++ 6.0.33, pybind11 3.1, Python 3.12), the first std::ostringstream
 // used in this module segfaulted, with or without torch loaded, and an error message must
@@ -45,8 +48,9 @@ int resolve_threads(const py::object& num_threads) {
     throw py::type_error("num_threads must be an int >= 1 or None");
   }
   const long long n = num_threads.cast<long long>();
-  if (n < 1 || n > 1024) {
-    throw py::value_error("num_threads must be in [1, 1024], got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads) {
+    throw py::value_error("num_threads must be in [1, " + std::to_string(kMaxThreads) +
+                          "], got " + std::to_string(n));
   }
   return static_cast<int>(n);
 }
@@ -143,4 +147,5 @@ PYBIND11_MODULE(_C, m) {
         "Per-layer expert histogram of top-k ids; see plumb_native.histogram.");
   m.def("default_num_threads", &plumb::default_num_threads,
         "Threads used when num_threads is None.");
+  m.attr("MAX_THREADS") = kMaxThreads;
 }

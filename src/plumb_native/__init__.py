@@ -14,8 +14,8 @@ from . import _C
 
 __all__ = ["histogram", "default_num_threads", "MAX_THREADS"]
 
-# The most worker threads ``histogram`` accepts (the C++ binding checks the same bound).
-MAX_THREADS = 1024
+# The most worker threads ``histogram`` accepts.
+MAX_THREADS: int = _C.MAX_THREADS
 _INT64 = np.dtype(np.int64)
 
 

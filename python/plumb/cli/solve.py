@@ -84,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     num_layers, num_experts = weights.shape
     topo = as_topology(topology_from_args(args, meta))
 
-    current, current_name = None, None
     if args.previous is not None:
         current, current_name = read_placement(args.previous), str(args.previous)
-    elif recorded_placement(stats, topo.num_ranks) is not None:
-        current, current_name = stats.placement, f"recorded in {args.input.name}"
+    else:
+        current = recorded_placement(stats, topo.num_ranks)
+        current_name = None if current is None else f"recorded in {args.input.name}"
     redundant = args.redundant
     if redundant is None:
         redundant = (current.shape[1] - num_experts if current is not None

@@ -33,7 +33,8 @@ def recorded_placement(stats: Any, num_ranks: int) -> Optional[Any]:
     P is a multiple of G); else None: a placement recorded for another rank count is not
     this cluster's current one."""
     table = stats.placement
-    num_layers = stats.aggregated_loads().shape[0]
+    # The loads' L from their shape: summing a window just to count its layers is waste.
+    num_layers = (stats.loads if stats.loads is not None else stats.window).shape[-2]
     if table is None or table.shape[0] != num_layers or table.shape[1] % num_ranks:
         return None
     return table

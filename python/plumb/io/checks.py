@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..solver.validate import host_values
+from ..solver.validate import as_int64, host_values
 
 
 @contextlib.contextmanager
@@ -65,11 +65,8 @@ def count_array(values: Any, where: str, field: str, ndim: Optional[int] = None)
         raise InputError(f"{where}: field {field!r} holds NaN or inf")
     if (array < 0).any():
         raise InputError(f"{where}: field {field!r} holds negative counts")
-    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
-        raise InputError(f"{where}: field {field!r} holds a count above 2**63 - 1 "
-                         f"({array.max()}); counts are read as int64")
     if array.dtype.kind in "iu":
-        return array.astype(np.int64)
+        return as_int64(array, f"{where}: field {field!r}")
     return array.astype(np.float64)
 
 
@@ -85,13 +82,24 @@ def expert_table(values: Any, where: str, field: str, num_experts: Optional[int]
     if array.ndim != ndim or array.size == 0:
         raise InputError(f"{where}: field {field!r} must be a non-empty {ndim}-d table, got "
                          f"shape {list(array.shape)}")
-    array = array.astype(np.int64)
+    array = as_int64(array, f"{where}: field {field!r}")
     if array.min() < 0:
         raise InputError(f"{where}: field {field!r} holds negative expert id {array.min()}")
     if num_experts is not None and array.max() >= num_experts:
         raise InputError(f"{where}: field {field!r} holds expert id {array.max()}, expected ids "
                          f"in [0, {num_experts})")
     return array
+
+
+def layer_number(key: Any) -> Optional[int]:
+    """A layer id as an int: an int >= 0 (numpy ints too) or a string of ASCII digits (a JSON
+    object key); None for anything else (True, 0.5, ' 1', -1), which int() would take or
+    fold onto another layer."""
+    if isinstance(key, str):
+        return int(key) if key.isascii() and key.isdigit() else None
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)) and key >= 0:
+        return int(key)
+    return None
 
 
 def step_selection(step_ids: Sequence[int], steps: Any, where: str) -> np.ndarray:

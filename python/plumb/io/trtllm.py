@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import PathLike, atomic_write
-from .checks import count_array, step_selection
+from .checks import count_array, layer_number, step_selection
 from .npz import PlumbStats
 from .vllm import Progress, layer_rows
 
@@ -171,13 +171,12 @@ def write_trtllm_placement(path: PathLike, phy2log: np.ndarray,
     """
     yaml = _import("yaml", os.fspath(path), "pyyaml")
     table = np.asarray(phy2log, dtype=np.int64)
-    ids = list(range(table.shape[0])) if layer_ids is None else list(layer_ids)
-    if len(ids) != table.shape[0]:
-        raise InputError(f"layer_ids has {len(ids)} entries for {table.shape[0]} layers")
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
-               and i >= 0 for i in ids):
-        raise InputError(f"layer_ids must be ints >= 0, got {ids}")
-    ids = [int(i) for i in ids]
+    given = list(range(table.shape[0])) if layer_ids is None else list(layer_ids)
+    if len(given) != table.shape[0]:
+        raise InputError(f"layer_ids has {len(given)} entries for {table.shape[0]} layers")
+    ids = [layer_number(i) for i in given]
+    if None in ids:
+        raise InputError(f"layer_ids must be ints >= 0, got {given}")
     if len(set(ids)) != len(ids):
         raise InputError(f"layer_ids must be distinct (one YAML key per layer), got {ids}")
     config = {"num_slots": int(table.shape[1]),

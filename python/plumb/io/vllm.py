@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import PathLike, atomic_write
-from .checks import count_array, expert_table, step_selection
+from .checks import count_array, expert_table, layer_number, step_selection
 from .npz import PlumbStats
 
 META_TYPE = "eplb_load_meta"
@@ -250,13 +250,8 @@ def layer_rows(assignments: Dict[Any, Any], where: str, field: str) -> np.ndarra
     rows = []
     seen = set()
     for key, row in assignments.items():
-        # Only whole numbers: int() would also take True, 0.5 or " 1" and fold them onto
-        # other layers.
-        if isinstance(key, str) and key.isascii() and key.isdigit():
-            layer = int(key)
-        elif isinstance(key, int) and not isinstance(key, bool) and key >= 0:
-            layer = key
-        else:
+        layer = layer_number(key)
+        if layer is None:
             raise InputError(f"{where}: field {field!r} key {key!r} is not a layer number "
                              "(an int >= 0)")
         if layer in seen:

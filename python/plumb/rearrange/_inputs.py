@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from ..solver.validate import as_int64
 from ..topology import Topology, TopologyLike, as_topology
 
 # Packed (layer, rank, expert) keys must stay below this to be exact in int64.
@@ -53,10 +54,7 @@ def as_phy2log(value, name: str) -> np.ndarray:
     if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
         raise InputError(f"{name} must be [L, P] (or [P] for one layer) with L, P >= 1, "
                          f"got shape {list(np.shape(value))}")
-    # uint64 ids past int64 would wrap to negative ones in the cast below.
-    if array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
-        raise InputError(f"{name} holds expert id {array.max()}, past int64")
-    return array.astype(np.int64)
+    return as_int64(array, name)
 
 
 def check_placements(old_phy2log, new_phy2log, topo: TopologyLike, bytes_per_expert: int,

@@ -40,6 +40,14 @@ def host_values(value: Any, name: str) -> Any:
         raise InputError(f"{name}: cannot read the tensor's values ({exc})") from None
 
 
+def as_int64(values: np.ndarray, what: str) -> np.ndarray:
+    """An integer array as int64; InputError naming ``what`` when unsigned values lie past
+    int64, which the cast would wrap to negative ones (uint64 ids and counts)."""
+    if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{what} holds {values.max()}, above 2**63 - 1 (past int64)")
+    return values.astype(np.int64)
+
+
 def to_numpy(value: Any, name: str) -> np.ndarray:
     """numpy view of a numpy array, torch tensor (see :func:`host_values`) or nested list."""
     value = host_values(value, name)
@@ -200,6 +208,8 @@ def as_phy2log(phy2log: Any, name: str, num_layers: int, num_experts: int,
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
             raise InputError(f"{name} must hold integer expert ids, got dtype {arr.dtype}")
+    elif arr.dtype.kind == "u":
+        arr = as_int64(arr, name)
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     check_slots(num_experts, arr.shape[1], num_ranks, f"{name}'s P")
     if arr.min() < 0 or arr.max() >= num_experts:
