@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from ..solver.jit import kernel
-from ..solver.pack import heaviest_first, repair_duplicates
+from ..solver.pack import first_lightest, heaviest_first, repair_duplicates
 from ..solver.refine import refine_slots, sort_row
 from ..solver.workspace import workspace
 
@@ -236,7 +236,13 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
     load / speed, ties to the lower index) with a free slot among its node's ranks (any rank
     when item_node is -1) that does not hold its expert; stacked there only when every rank
     with room does. Fills slot_e / slot_w [G, S], load [G] (zero on entry) and has [G, E];
-    returns how many items were stacked."""
+    returns how many items were stacked.
+
+    The lightest rank is the first minimum of a row of times (+inf where an item may not go),
+    found branch-free over their bits as in the solver's LPT: ``node_time`` holds each node's
+    ranks in node_ranks order (the ties of a pinned item), ``free_time`` every rank in index
+    order (those of free items), +inf once the rank is full or its node has no spare slot.
+    """
     num_ranks, slots = slot_e.shape
     nodes, gpn = node_ranks.shape
     fill = np.zeros(num_ranks, dtype=np.int64)
@@ -244,39 +250,64 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
     # take the rest, so that every pinned item finds a slot on its node.
     spare = np.full(nodes, gpn * slots, dtype=np.int64)
     node_of = np.empty(num_ranks, dtype=np.int64)
+    position = np.empty(num_ranks, dtype=np.int64)
     for n in range(nodes):
         for k in range(gpn):
             node_of[node_ranks[n, k]] = n
+            position[node_ranks[n, k]] = n * gpn + k
     for i in range(item_node.shape[0]):
         if item_node[i] >= 0:
             spare[item_node[i]] -= 1
-    # load / speed of each rank, kept up to date (no divisions in the scans).
-    time = np.zeros(num_ranks, dtype=np.float64)
+    # Times start at +0.0 and only grow, never -0.0: they order as their bits.
+    node_time = np.zeros(num_ranks, dtype=np.float64)
+    free_time = np.zeros(num_ranks, dtype=np.float64)
+    for r in range(num_ranks):
+        if spare[node_of[r]] <= 0:
+            free_time[r] = np.inf
+    node_bits = node_time.view(np.int64)
+    free_bits = free_time.view(np.int64)
     stacked = 0
     for i in heaviest_first(item_w):
         e = item_e[i]
         n = item_node[i]
-        best = -1
-        best_dup = -1
-        for k in range(num_ranks if n < 0 else gpn):
-            r = k if n < 0 else node_ranks[n, k]
-            if fill[r] >= slots or (n < 0 and spare[node_of[r]] <= 0):
-                continue
-            if forbid_dup and has[r, e] > 0:
-                if best_dup < 0 or time[r] < time[best_dup]:
-                    best_dup = r
-                continue
-            if best < 0 or time[r] < time[best]:
-                best = r
-        if best < 0:
-            best = best_dup
-            stacked += 1
+        if n < 0:
+            best = first_lightest(free_bits)
+        else:
+            best = node_ranks[n, first_lightest(node_bits[n * gpn:(n + 1) * gpn])]
+        if forbid_dup and has[best, e] > 0:
+            best = _lightest_without(free_time if n < 0 else node_time, has, e, n, node_ranks,
+                                     best)
+            stacked += has[best, e] > 0
         if n < 0:
             spare[node_of[best]] -= 1
+            if spare[node_of[best]] == 0:
+                for k in range(gpn):
+                    free_time[node_ranks[node_of[best], k]] = np.inf
         slot_e[best, fill[best]] = e
         slot_w[best, fill[best]] = item_w[i]
         fill[best] += 1
         load[best] += item_w[i]
-        time[best] = load[best] / speed[best]
+        time = load[best] / speed[best] if fill[best] < slots else np.inf
+        node_time[position[best]] = time
+        if free_time[best] < np.inf:
+            free_time[best] = time
         has[best, e] += 1
     return stacked
+
+
+@njit(cache=True, nogil=True)
+def _lightest_without(times, has, e, n, node_ranks, lightest):
+    """The rank for an item of expert e whose lightest allowed rank ``lightest`` holds e
+    already (``_lpt``): the first of smallest time (``times``: ``_lpt``'s free_time when n
+    is -1, else its node_time) among those allowed that do not hold e; ``lightest`` itself
+    when every allowed rank with room holds e."""
+    gpn = node_ranks.shape[1]
+    best = -1
+    best_time = np.inf
+    for k in range(times.shape[0] if n < 0 else gpn):
+        r = k if n < 0 else node_ranks[n, k]
+        t = times[k if n < 0 else n * gpn + k]
+        if t < np.inf and has[r, e] == 0 and (best < 0 or t < best_time):
+            best = r
+            best_time = t
+    return lightest if best < 0 else best

@@ -230,13 +230,13 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     counted as set aside."""
     bins, slots = slot_e.shape
     _reset_ranks(speed, load, keys, fill, inv_speed)
-    # Loads start at +0.0 and only grow: the times are never -0.0 (see _first_lightest).
+    # Loads start at +0.0 and only grow: the times are never -0.0 (see first_lightest).
     bits = keys.view(np.int64)
     stacked = 0
     set_aside = 0
     for i in range(item_w.shape[0]):
         e = item_e[i]
-        r = _first_lightest(bits)
+        r = first_lightest(bits)
         if forbid_dup and has[r, e] > 0:
             free = _lightest_without(keys, has, e)
             stacked += free < 0
@@ -276,7 +276,7 @@ def lpt_loads(item_w, speed, slots, load, fscratch, iscratch):
     if bins <= SCAN_BINS:
         bits = keys[:bins].view(np.int64)
         for i in range(item_w.shape[0]):
-            _lpt_add(item_w[i], _first_lightest(bits), slots, load, keys, fill, inv_speed)
+            _lpt_add(item_w[i], first_lightest(bits), slots, load, keys, fill, inv_speed)
     else:
         tree = iscratch[RANK_TREE, :size]
         tree_build(keys, tree)
@@ -297,7 +297,7 @@ def time_max(load, speed):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _first_lightest(bits):
+def first_lightest(bits):
     """The first rank of smallest time, from the times' bit patterns (int64 [bins]; the
     times are non-negative or +inf, never -0.0, so they order as their bits: an integer
     minimum, which the compiler vectorises without being allowed to reassociate floats)."""
