@@ -193,6 +193,83 @@ def test_stacks_two_pieces_of_a_hot_expert_when_that_beats_any_unstacked_packing
     assert sorted(p.phy2log[0].reshape(2, 2).tolist()) == [[0, 0], [1, 2]]
 
 
+def test_replica_search_gives_a_light_expert_the_spare_slot_when_that_packs_best():
+    # Water-filling gives the hot expert 3 replicas (pieces 59.07 each); on 3 ranks of 2
+    # slots the best packing of those counts peaks at 118.1. Two replicas each of the hot
+    # expert and of the lightest one pack as (88.6, 6.05) x 2 and (67.3, 14.3): 94.65.
+    loads = np.array([[67.3, 14.3, 12.1, 177.2]])
+    p = plumb.solve(loads, 3, num_redundant=2)
+    check_invariants(p, loads)
+    assert p.logcnt.tolist() == [[1, 1, 2, 2]]
+    assert p.metrics.max_load[0] == pytest.approx(94.65)
+
+
+def _optimal_max_load(weights, num_ranks, slots):
+    """The smallest busiest-rank load over all replica counts (1..G each) and all packings
+    with S slots per rank and no expert twice on a rank: exhaustive, for a handful of
+    experts."""
+    num_slots = num_ranks * slots
+    best = np.inf
+
+    def counts_of(left, experts):
+        if experts == 1:
+            if 1 <= left <= num_ranks:
+                yield (left,)
+            return
+        for c in range(1, min(num_ranks, left - experts + 1) + 1):
+            for rest in counts_of(left - c, experts - 1):
+                yield (c,) + rest
+
+    def pack(items, index, load, fill, held, peak):
+        nonlocal best
+        if peak >= best:
+            return
+        if index == len(items):
+            best = peak
+            return
+        expert, piece = items[index]
+        tried = set()
+        for r in range(num_ranks):
+            if fill[r] == slots or expert in held[r] or (load[r], fill[r]) in tried:
+                continue
+            tried.add((load[r], fill[r]))
+            load[r] += piece
+            fill[r] += 1
+            held[r].add(expert)
+            pack(items, index + 1, load, fill, held, max(peak, load[r]))
+            load[r] -= piece
+            fill[r] -= 1
+            held[r].discard(expert)
+
+    for counts in counts_of(num_slots, len(weights)):
+        items = sorted(((e, weights[e] / c) for e, c in enumerate(counts) for _ in range(c)),
+                       key=lambda item: -item[1])
+        pack(items, 0, [0.0] * num_ranks, [0] * num_ranks, [set() for _ in range(num_ranks)],
+             0.0)
+    return best
+
+
+def test_close_to_the_optimum_on_small_problems():
+    # With few slots per rank the replica counts decide the packing.
+    rng = np.random.default_rng(11)
+    ratios = []
+    for _ in range(120):
+        num_ranks = int(rng.integers(2, 4))
+        slots = int(rng.integers(2, 4))
+        experts = int(rng.integers(max(2, slots), min(6, num_ranks * slots) + 1))
+        weights = np.round(rng.lognormal(0.0, 1.0, experts) * 10, 1)
+        p = plumb.solve(weights[None, :], num_ranks,
+                        num_redundant=num_ranks * slots - experts)
+        check_invariants(p, weights[None, :])
+        ratios.append(p.metrics.max_load[0] / _optimal_max_load(weights, num_ranks, slots))
+    # Measured: worst 1.042, 91% optimal, mean excess -0.18% (stacking beats the unstacked
+    # optimum at times); without the search 1.189, 80% and +0.28%.
+    ratios = np.array(ratios)
+    assert ratios.max() < 1.06
+    assert np.mean(ratios <= 1 + 1e-9) >= 0.88
+    assert np.mean(ratios - 1) < 1e-3
+
+
 def test_replica_caps():
     loads = np.array([[100.0, 1, 1, 1, 1, 1, 1, 1]])
     p = plumb.solve(loads, 4, num_redundant=8, max_replicas_per_expert=2)
