@@ -145,6 +145,14 @@ def test_shapes_table_matches_spec():
         W.shape("nope")
 
 
+def test_few_slot_shapes_outside_the_spec_table():
+    assert {s.name for s in W.FEW_SLOTS}.isdisjoint(s.name for s in W.SHAPES)
+    for few in W.FEW_SLOTS:
+        assert W.shape(few.name) is few and few.slots_per_gpu == 3
+        row = bench.measure_case(few, 1.0, repeats=1, steps=2, seed=0)
+        assert row["match"] and row["min_dbal"] >= -1e-12
+
+
 def test_workloads_deterministic_and_well_formed():
     a = W.make_loads("qwen3-30b", 1.0, steps=4, seed=3, window=True)
     b = W.make_loads("qwen3-30b", 1.0, steps=4, seed=3, window=True)

@@ -6,7 +6,8 @@ in one process and warm (after JIT): median time of ``plumb.solve(policy="plumb"
 the greedy written the way vLLM's numpy policy is (``plumb.bench.baselines``), as ratios; the
 per-layer balancedness of plumb minus deepseek's in the same hierarchy mode (min over layers),
 and plumb's lb_gap (mean and worst layer). A second table runs the uniform and adversarial
-loads once each. Cold start: a fresh ``python -c "import plumb; plumb.solve(...)"`` process
+loads once each; a third (default run) two deployments with 3 slots per GPU outside the
+SPEC table. Cold start: a fresh ``python -c "import plumb; plumb.solve(...)"`` process
 with an empty numba cache (first-ever compile) and again with that cache warm.
 """
 
@@ -28,7 +29,8 @@ from numba import njit
 from .baselines import numpy_deepseek_rebalance
 from .options import nonnegative_int, positive_int, shape_names, sigma_list
 from .results import bench_command, markdown_table, write_section
-from .workloads import ADVERSARIAL_KINDS, SHAPES, SIGMAS, Shape, adversarial, make_loads, shape
+from .workloads import (ADVERSARIAL_KINDS, FEW_SLOTS, SHAPES, SIGMAS, Shape, adversarial,
+                        make_loads, shape)
 
 TARGET_SPEEDUP = 40.0
 TARGET_PREFILL_MS = 1.5
@@ -395,6 +397,11 @@ def run(args: argparse.Namespace) -> int:
     with thread_limit(threads):
         rows = [measure_case(shp, sigma, repeats, args.steps, args.seed, parallel)
                 for shp in shapes for sigma in sigmas]
+        # Not SPEC shapes, so outside the targets: what the replica-count search costs and
+        # gains where it runs (default run only).
+        few_rows = [] if args.shapes else [
+            measure_case(shp, sigma, repeats, args.steps, args.seed, parallel)
+            for shp in FEW_SLOTS for sigma in sigmas]
         case_rows = [] if args.no_cases else [
             measure_loads_case(shp, kind, args.steps, args.seed)
             for shp in shapes for kind in ("uniform",) + ADVERSARIAL_KINDS]
@@ -417,6 +424,11 @@ def run(args: argparse.Namespace) -> int:
                 f"one after the other (ideal {parallel}x): the ceiling of the parallel columns "
                 "here." if parallel > 1 else ""),
              main_table(rows, parallel)]
+    if few_rows:
+        parts += ["Few slots per GPU (not SPEC shapes; outside the targets): 3 slots per GPU, "
+                  "where plumb searches replica counts (plumb.solver.place, up to 32 experts "
+                  "per problem) instead of keeping water-filling's:",
+                  main_table(few_rows, parallel)]
     if case_rows:
         parts += ["Uniform routing and adversarial loads (one timed solve each):",
                   cases_table(case_rows)]
@@ -425,4 +437,4 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if args.results is not None:
         write_section(args.results, "solve", _command(args), text)
-    return 0 if all(r["match"] for r in rows) else 1
+    return 0 if all(r["match"] for r in rows + few_rows) else 1

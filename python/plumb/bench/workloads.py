@@ -4,7 +4,8 @@ Everything takes a seeded ``numpy.random.Generator`` (or a seed) and is determin
 
 * ``SHAPES``: the SPEC section 6 table (L, E, P, G, nodes, groups; plus top-k, phase and the
   hierarchy mode each shape is benchmarked in). ``shape(name)`` looks one up; ``TINY`` is a
-  small extra shape for smoke tests.
+  small extra shape for smoke tests; ``FEW_SLOTS``: deployments with 3 slots per GPU (not
+  SPEC shapes), where the replica counts decide the packing.
 * ``lognormal_popularity``: per-layer expert popularity, log-normal with the given sigma
   (0.5 / 1.0 / 1.5 span published per-layer max/mean ratios of about 1.5 to 8).
 * ``inclusion_probabilities``: how often a token picks each expert under top-k routing (each
@@ -24,7 +25,7 @@ from typing import Optional, Union
 import numpy as np
 
 __all__ = [
-    "Shape", "SHAPES", "TINY", "SIGMAS", "ADVERSARIAL_KINDS", "shape", "rng_of",
+    "Shape", "SHAPES", "TINY", "FEW_SLOTS", "SIGMAS", "ADVERSARIAL_KINDS", "shape", "rng_of",
     "lognormal_popularity", "uniform_popularity", "inclusion_probabilities", "tokens_per_step",
     "sample_window", "uniform_window", "adversarial", "make_loads",
 ]
@@ -88,11 +89,16 @@ SHAPES = (
     Shape("mixtral", 32, 8, 8, 4, 1, 1, 2, "decode", "global"),
 )
 TINY = Shape("tiny", 4, 16, 24, 4, 2, 4, 2, "decode", "hierarchical")
-_BY_NAME = {s.name: s for s in SHAPES + (TINY,)}
+# Mixtral-8x7B on 4 GPUs and Phi-3.5-MoE (16 experts, top-2) on 8, one redundant slot per GPU.
+FEW_SLOTS = (
+    Shape("mixtral-r4", 32, 8, 12, 4, 1, 1, 2, "decode", "global"),
+    Shape("phi3.5-moe-r8", 32, 16, 24, 8, 1, 1, 2, "decode", "global"),
+)
+_BY_NAME = {s.name: s for s in SHAPES + (TINY,) + FEW_SLOTS}
 
 
 def shape(name: str) -> Shape:
-    """The shape called ``name`` (one of ``SHAPES`` or ``"tiny"``)."""
+    """The shape called ``name`` (one of ``SHAPES``, ``"tiny"`` or ``FEW_SLOTS``)."""
     try:
         return _BY_NAME[name]
     except KeyError:
