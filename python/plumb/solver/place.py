@@ -241,6 +241,15 @@ def _caps_bind(counts, caps, stack_caps):
 
 
 @kernel
+def _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w, load):
+    """Copies a trial's counts and packing over the kept ones (same shapes pairwise)."""
+    copy_into(counts, trial_counts)
+    copy_into(slot_e, trial_e)
+    copy_into(slot_w, trial_w)
+    copy_into(load, trial_load)
+
+
+@kernel
 def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, trial_counts,
                   trial_e, trial_w, trial_load, trial_item_w, trial_item_e, partners, enough,
                   fscratch, iscratch):
@@ -291,10 +300,8 @@ def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 if trial < top * (1.0 - 1e-9):
                     top = trial
                     improved = True
-                    copy_into(counts, trial_counts)
-                    copy_into(slot_e, trial_e)
-                    copy_into(slot_w, trial_w)
-                    copy_into(load, trial_load)
+                    _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e,
+                                slot_w, load)
                 else:
                     trial_counts[gainer] -= 1
                     trial_counts[donor] += 1
@@ -368,10 +375,8 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                                iscratch)[0]
         if trial < top * (1.0 - 1e-9):
             top = trial
-            copy_into(counts, trial_counts)
-            copy_into(slot_e, trial_e)
-            copy_into(slot_w, trial_w)
-            copy_into(load, trial_load)
+            _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
+                        load)
         else:
             copy_into(trial_counts, counts)
     return top
