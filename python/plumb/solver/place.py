@@ -251,12 +251,12 @@ def _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot
 
 @kernel
 def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, trial_counts,
-                  trial_e, trial_w, trial_load, trial_item_w, trial_item_e, partners, enough,
-                  fscratch, iscratch):
+                  trial_e, trial_w, trial_load, trial_item_w, trial_item_e, enough, fscratch,
+                  iscratch):
     """The replica move of :func:`place` for few experts: every move of one replica from a
-    donor (index order) to a gainer (index order), each count packed and refined, the first
-    that lowers the maximum kept, until a full round of pairs keeps none or
-    ``SEARCH_PACKINGS`` packings are spent. Updates ``counts`` and the packing (``slot_e``,
+    donor (index order) to a gainer (index order), each count packed and refined (swap search,
+    no pair exchanges), the first that lowers the maximum kept, until a full round of pairs
+    keeps none or ``SEARCH_PACKINGS`` packings are spent. Updates ``counts`` and the packing (``slot_e``,
     ``slot_w``, ``load``) in place; ``trial_*``: scratch of their shapes. Returns the maximum.
 
     Why: with few slots per rank the counts decide the packing. Water-filling may give a hot
@@ -293,8 +293,10 @@ def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                     trial_counts[gainer] -= 1
                     trial_counts[donor] += 1
                     continue
+                # Without pair exchanges: on the problems searched here they rarely change
+                # which counts win, and the search packs up to SEARCH_PACKINGS times.
                 trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
-                                   trial_w, trial_load, has, np.bool_(True), partners, enough,
+                                   trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
                                    fscratch, iscratch)[0]
                 packings += 1
                 if trial < top * (1.0 - 1e-9):
@@ -360,8 +362,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
             if n <= SEARCH_EXPERTS:
                 top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has,
                                     top, trial_counts, trial_e, trial_w, trial_load,
-                                    trial_item_w, trial_item_e, partners, enough, fscratch,
-                                    iscratch)
+                                    trial_item_w, trial_item_e, enough, fscratch, iscratch)
                 copy_into(trial_counts, counts)
                 continue
             gainer, donor = _recount(weights, caps, counts, slot_e, slot_w, load, speed, top)
