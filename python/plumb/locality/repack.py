@@ -275,8 +275,8 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
         else:
             best = node_ranks[n, first_lightest(node_bits[n * gpn:(n + 1) * gpn])]
         if forbid_dup and has[best, e] > 0:
-            best = _lightest_without(free_time if n < 0 else node_time, has, e, n, node_ranks,
-                                     best)
+            best = _lightest_allowed_without(free_time if n < 0 else node_time, has, e, n,
+                                             node_ranks, best)
             stacked += has[best, e] > 0
         if n < 0:
             spare[node_of[best]] -= 1
@@ -296,7 +296,7 @@ def _lpt(item_e, item_w, item_node, speed, node_ranks, forbid_dup, slot_e, slot_
 
 
 @njit(cache=True, nogil=True)
-def _lightest_without(times, has, e, n, node_ranks, lightest):
+def _lightest_allowed_without(times, has, e, n, node_ranks, lightest):
     """The rank for an item of expert e whose lightest allowed rank ``lightest`` holds e
     already (``_lpt``): the first of smallest time (``times``: ``_lpt``'s free_time when n
     is -1, else its node_time) among those allowed that do not hold e; ``lightest`` itself

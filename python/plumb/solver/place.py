@@ -30,8 +30,8 @@ from .pack import descending_order, lpt_loads, lpt_place, repair_duplicates, tim
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, PREFIX, SHARE,
-                        SLOT_ITEM, SORT_SCRATCH, SUFFIX, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
-                        TRIAL_LOAD, TRIAL_W, copy_into, workspace)
+                        SLOT_ITEM, SORT_SCRATCH, SUFFIX, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E,
+                        TRIAL_ITEM_W, TRIAL_LOAD, TRIAL_W, copy_into, workspace)
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
 RECOUNT_SLACK = 1e-2
@@ -256,8 +256,9 @@ def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
     """The replica move of :func:`place` for few experts: every move of one replica from a
     donor (index order) to a gainer (index order), each count packed and refined (swap search,
     no pair exchanges), the first that lowers the maximum kept, until a full round of pairs
-    keeps none or ``SEARCH_PACKINGS`` packings are spent. Updates ``counts`` and the packing (``slot_e``,
-    ``slot_w``, ``load``) in place; ``trial_*``: scratch of their shapes. Returns the maximum.
+    keeps none or ``SEARCH_PACKINGS`` packings are spent. Updates ``counts`` and the packing
+    (``slot_e``, ``slot_w``, ``load``) in place; ``trial_*``: scratch of their shapes.
+    Returns the maximum.
 
     Why: with few slots per rank the counts decide the packing. Water-filling may give a hot
     expert three replicas where two, plus a second replica of a light expert whose halves
@@ -289,16 +290,15 @@ def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                 # without packing them.
                 bound = max(trial_item_w[0], cardinality_bound(
                     trial_item_w, bins, fscratch[PREFIX], fscratch[SUFFIX])) / top_speed
-                if bound >= top * (1.0 - 1e-9):
-                    trial_counts[gainer] -= 1
-                    trial_counts[donor] += 1
-                    continue
-                # Without pair exchanges: on the problems searched here they rarely change
-                # which counts win, and the search packs up to SEARCH_PACKINGS times.
-                trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
-                                   trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
-                                   fscratch, iscratch)[0]
-                packings += 1
+                trial = np.inf
+                if bound < top * (1.0 - 1e-9):
+                    # Without pair exchanges: on the problems searched here they rarely
+                    # change which counts win, and the search packs up to SEARCH_PACKINGS
+                    # times.
+                    trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False),
+                                       trial_e, trial_w, trial_load, has, np.bool_(True),
+                                       np.int64(0), enough, fscratch, iscratch)[0]
+                    packings += 1
                 if trial < top * (1.0 - 1e-9):
                     top = trial
                     improved = True
