@@ -105,7 +105,7 @@ NodeWorkspace = namedtuple("NodeWorkspace", [
     "node_load",         # float64 [nodes]
     "node_time",         # float64 [nodes]: node load / node speed
     "node_order",        # int64 [nodes]: nodes by descending time
-    "node_scratch",      # int64 [nodes]: sort scratch
+    "node_scratch",      # int64 [nodes + RADIX_COUNTS]: sort scratch
     "node_groups",       # int64 [groups per node]: one node's groups, ascending
     "ids",               # int64 [experts per node]: global id of each local expert
     "local_w",           # float64 [experts per node]
@@ -131,7 +131,7 @@ def node_workspace(num_experts, num_groups, nodes, gpn, slots):
         np.empty((nodes, per_node), dtype=np.int64), np.empty((nodes, per_node), dtype=np.float64),
         np.empty(nodes, dtype=np.float64), np.empty(nodes, dtype=np.float64),
         np.empty(nodes, dtype=np.float64), np.empty(nodes, dtype=np.int64),
-        np.empty(nodes, dtype=np.int64), np.empty(per_node, dtype=np.int64),
+        np.empty(nodes + RADIX_COUNTS, dtype=np.int64), np.empty(per_node, dtype=np.int64),
         np.empty(local_n, dtype=np.int64), np.empty(local_n, dtype=np.float64),
         np.empty(local_n, dtype=np.int64), np.empty(local_n, dtype=np.int64),
         np.empty(local_n, dtype=np.int64), np.empty(gpn, dtype=np.float64),
