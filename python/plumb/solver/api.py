@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..topology import Topology, TopologyLike, as_topology
 from .metrics import (as_previous, dispatched_rank_loads, score, solution_metrics,
                       traffic_flows, with_extras)
+from .bounds import layer_lower_bounds
 from .frozen import frozen_instance
 from .model import GLOBAL, HIERARCHICAL, solve_model
 from .placement import Placement
@@ -191,7 +192,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             then cannot change traffic on a level-cost topology, so no pass runs.
         hierarchy: "auto" (DeepSeek's rule: hierarchical iff num_groups % nodes == 0; the
             global solution is then tried as well and the better one kept per layer),
-            "global" or "hierarchical" (forced).
+            "global" or "hierarchical" (forced; ``metrics.lower_bound`` is then over the
+            placements that keep each group on one node:
+            ``plumb.solver.bounds.hierarchical_bound``).
         max_replicas_per_expert: int or int [E] replica cap per expert (default G, or more
             where stacking pays); plumb only. Hierarchical layers give an expert at most
             min(cap, ranks per node) replicas, so caps that could leave a node's groups
@@ -309,14 +312,58 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     if unchanged and balanced is weights:
         metrics = solution_metrics(solved, **labels)
     else:
-        # The kernel's lower bounds hold for any placement of the same loads.
+        # The kernel's lower bounds hold for any placement of the same loads (under a forced
+        # hierarchy: for any that keeps the groups within nodes).
         bound = solved.lower_bound if solved is not None and balanced is weights else None
+        if bound is not None and hierarchy == "hierarchical":
+            bound = _hierarchical_bounds_kept(phy2log, bound, weights, topo, num_groups)
         metrics = score(phy2log, logcnt, weights, topo, rank_loads, bound=bound, **labels)
     metrics = with_extras(metrics, phy2log, weights, topo, previous, flows, bytes_per_expert)
     return frozen_instance(Placement, phy2log=phy2log, logcnt=logcnt, metrics=metrics,
                            loads=weights, window=window, topo=topo,
                            num_redundant=num_redundant, num_groups=num_groups, policy=policy,
                            hierarchy=hierarchy, previous=previous, traffic=traffic)
+
+
+def groups_within_nodes(phy2log: np.ndarray, num_experts: int, num_groups: int,
+                        topo: Topology) -> np.ndarray:
+    """bool [L]: the layers of ``phy2log`` (int64 [L, P]) that place like the hierarchical
+    policy: every replica of each of the ``num_groups`` contiguous expert groups on one
+    node, and the same number of groups on every node."""
+    num_layers, num_slots = phy2log.shape
+    # Node labels may be any ints: positions 0..nodes-1 instead.
+    _, rank_node = np.unique(topo.node_of_rank, return_inverse=True)
+    slot_node = rank_node[np.arange(num_slots) // (num_slots // topo.num_ranks)]
+    # Per (layer, group): the lowest and highest node holding one of its replicas.
+    keys = (np.arange(num_layers)[:, None] * num_groups
+            + phy2log // (num_experts // num_groups)).ravel()
+    nodes = np.broadcast_to(slot_node, phy2log.shape).ravel()
+    low = np.full(num_layers * num_groups, topo.num_nodes, dtype=np.int64)
+    high = np.full(num_layers * num_groups, -1, dtype=np.int64)
+    np.minimum.at(low, keys, nodes)
+    np.maximum.at(high, keys, nodes)
+    low = low.reshape(num_layers, num_groups)
+    whole = (low == high.reshape(num_layers, num_groups)).all(axis=1)
+    per_node = np.zeros((num_layers, topo.num_nodes), dtype=np.int64)
+    np.add.at(per_node, (np.arange(num_layers)[:, None], np.where(whole[:, None], low, 0)), 1)
+    return whole & (per_node == num_groups // topo.num_nodes).all(axis=1)
+
+
+def _hierarchical_bounds_kept(phy2log: np.ndarray, bound: np.ndarray, weights: np.ndarray,
+                              topo: Topology, num_groups: int) -> np.ndarray:
+    """The kernel's bounds float64 [L] of a forced-hierarchical solve (over hierarchical
+    placements), kept for the layers a post-pass left hierarchical (``groups_within_nodes``);
+    the others (a previous placement kept or repaired) get the bound over all placements."""
+    within = groups_within_nodes(phy2log, weights.shape[1], num_groups, topo)
+    if within.all():
+        return bound
+    others = np.flatnonzero(~within)
+    global_bound = np.empty(others.shape[0])
+    layer_lower_bounds(np.ascontiguousarray(weights[others]), phy2log.shape[1],
+                       np.array(topo.rank_speed, dtype=np.float64), global_bound)
+    bound = bound.copy()
+    bound[others] = global_bound
+    return bound
 
 
 def _deepseek(weights: np.ndarray, num_slots: int, num_groups: int, topo: Topology,

@@ -49,7 +49,9 @@ class Metrics:
             when all ranks have speed 1) over sum of the max rank time; 1.0 is perfect.
         layer_balancedness: float64 [L].
         max_load: float64 [L], the busiest rank's load / speed.
-        lower_bound: float64 [L], no placement can make max_load lower (see bounds.py).
+        lower_bound: float64 [L], no placement can make max_load lower (see bounds.py);
+            from ``solve(hierarchy="hierarchical")``, no placement that keeps each expert
+            group on one node (as many per node) can, on the layers placed so.
         lb_gap: float64 [L], max_load / lower_bound - 1 (0 where both are 0).
         lb_gap_mean, lb_gap_max: mean and worst layer of lb_gap.
         moves: :class:`Moves` vs the previous placement, or None.

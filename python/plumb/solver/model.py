@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .bounds import layer_bound_with, replicated_bound
+from .bounds import hierarchical_bound, layer_bound_with, replicated_bound
 from .jit import kernel
 from .pack import descending_order, time_max
 from .mintree import tree_size
@@ -148,6 +148,8 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
         out: (phy2log int64 [L, G*S], logcnt int64 [L, E], rank_load float64 [L, G], winner
             int8 [L], candidate_max float64 [L, 2], max_load, lower_bound,
             layer_balancedness, lb_gap float64 [L]); only the given layers' rows are written.
+            With the hierarchical policy alone (``try_hier`` and not ``try_global``) the
+            lower bound is over hierarchical placements (``hierarchical_bound`` too).
     """
     phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
     num_experts = weights.shape[1]
@@ -174,6 +176,8 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     size = tree_size(num_experts)
     # With one replica per expert the bound sorts the experts by weight, as the packing needs.
     sorted_by_bound = num_slots == num_experts and num_experts > bins
+    # The caller asked for expert groups kept within nodes: placements of that kind bound it.
+    hier_only = try_hier and not try_global
     for layer in layers:
         w = weights[layer]
         if shared_fill:
@@ -182,6 +186,9 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
             bound[layer] = replicated_bound(w, g_counts, speed)
         else:
             bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
+        if hier_only:
+            bound[layer] = max(bound[layer], hierarchical_bound(w, caps, speed, node_ranks,
+                                                                num_groups, fscratch, iscratch))
         # Each policy's max rank time: inf if not run, or if the hierarchical one was cut
         # short because it could not win. Ties go to the hierarchical policy (it keeps groups
         # within a node). A global solution meeting the bound is not searched further.
