@@ -18,15 +18,18 @@ from .workspace import ASIDE, FILL, INV_SPEED, RADIX_COUNTS, RANK_KEYS, RANK_TRE
 
 # Below this many values each value's rank is counted directly (n**2 comparisons that the
 # compiler vectorises, no data-dependent branch); from here on the radix sort is faster
-# (measured: 1.4 against 2.6 us at 128 values, even at about 192). At most RADIX_COUNTS:
-# the counting takes 2 * m of the scratch.
-_RADIX_MIN = 192
+# (measured at 96 / 128 values: 1.7 / 2.7 us counting, 2.0 / 2.4 us radix). At most
+# RADIX_COUNTS: the counting takes 2 * m of the scratch.
+_RADIX_MIN = 128
 # Up to this many ranks LPT finds the lightest by scanning their times (vectorised, about half
 # the time per item at 4-8 ranks); from 16 on the tournament tree is as fast or faster.
 SCAN_BINS = 8
-# The first radix pass sorts on the top four bytes of the keys: sign, exponent and 20 mantissa
-# bits, which already order loads that are not within a relative 1e-6 of each other.
+# The first radix sort runs on the top four bytes of the keys: sign, exponent and 20 mantissa
+# bits, which already order loads that are not within a relative 1e-6 of each other. Each
+# key's top half and its index share one word (index in the low half).
 _TOP_BYTE = 4
+_INDEX_MASK = np.uint64(0xFFFFFFFF)
+_MAX_PACKED = 0xFFFFFFFF
 
 
 @kernel
@@ -44,11 +47,18 @@ def descending_order(values, order, scratch):
     if n < _RADIX_MIN:
         _rank_descending(values, order, scratch)
         return
-    _radix_descending(values, order, scratch, _TOP_BYTE)
-    for i in range(1, n):
-        if values[order[i - 1]] < values[order[i]]:
-            _radix_descending(values, order, scratch, 0)
+    if n <= _MAX_PACKED:
+        if not _radix_high(values, order, scratch):
             return
+        # Some keys share the top half: exact unless their values differ below it.
+        misordered = False
+        for i in range(1, n):
+            if values[order[i - 1]] < values[order[i]]:
+                misordered = True
+                break
+        if not misordered:
+            return
+    _radix_descending(values, order, scratch)
 
 
 @kernel
@@ -82,10 +92,60 @@ def _radix_key(bits):
 
 
 @kernel
-def _radix_descending(values, order, scratch, first_byte):
-    """:func:`descending_order` by stable counting passes over bytes ``first_byte..7`` of the
-    keys (all of them for ``first_byte`` 0; with more, values equal in those bytes keep index
-    order: the caller checks).
+def _radix_high(values, order, scratch):
+    """:func:`descending_order` on the top half of the keys only (bytes ``_TOP_BYTE..7``):
+    values equal there keep index order. Returns whether two keys share the top half (only
+    then can the order be wrong: the caller checks it). Stable counting passes over words
+    holding a key's top half above its index (n <= 2**32 - 1): each pass reads one array in
+    order, where the full sort gathers every key through the order."""
+    n = values.shape[0]
+    bits = values.view(np.uint64)
+    src = order.view(np.uint64)
+    dst = scratch[:n].view(np.uint64)
+    count = scratch[n:n + RADIX_COUNTS]
+    for i in range(n):
+        src[i] = (_radix_key(bits[i]) & ~_INDEX_MASK) | np.uint64(i)
+    for byte in range(_TOP_BYTE, 8):
+        if _counting_pass(src, dst, count, np.uint64(8 * byte)):
+            src, dst = dst, src
+    shared = False
+    previous = src[0]
+    for i in range(n):
+        # Read before order[i] is written: src may be order's own memory.
+        word = src[i]
+        shared = shared or (i > 0 and (word ^ previous) <= _INDEX_MASK)
+        previous = word
+        order[i] = np.int64(word & _INDEX_MASK)
+    return shared
+
+
+@kernel
+def _counting_pass(src, dst, count, shift):
+    """One stable pass of :func:`_radix_high` on the byte at ``shift`` (uint64): ``src`` into
+    ``dst`` (uint64 [n] each), ``count`` int64 [RADIX_COUNTS] scratch. Returns False, with
+    ``dst`` untouched, when every word has the same byte there (the pass would not move
+    anything)."""
+    n = src.shape[0]
+    count[:] = 0
+    for i in range(n):
+        count[(src[i] >> shift) & np.uint64(255)] += 1
+    if count[(src[0] >> shift) & np.uint64(255)] == n:
+        return False
+    total = 0
+    for digit in range(RADIX_COUNTS):
+        here = count[digit]
+        count[digit] = total
+        total += here
+    for i in range(n):
+        digit = (src[i] >> shift) & np.uint64(255)
+        dst[count[digit]] = src[i]
+        count[digit] += 1
+    return True
+
+
+@kernel
+def _radix_descending(values, order, scratch):
+    """:func:`descending_order` by stable counting passes over all eight bytes of the keys.
 
     Non-negative doubles order like their bit patterns read as unsigned integers. The keys
     are read through the current order (the values fit in cache) rather than kept in a
@@ -98,7 +158,7 @@ def _radix_descending(values, order, scratch, first_byte):
     count = scratch[n:n + RADIX_COUNTS]
     src_o, dst_o = order, scratch[:n]
     in_order = True
-    for byte in range(first_byte, 8):
+    for byte in range(8):
         shift = np.uint64(8 * byte)
         count[:] = 0
         for i in range(n):
