@@ -304,9 +304,14 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     bits = keys.view(np.int64)
     stacked = 0
     set_aside = 0
+    # As in lpt_place: while the items weigh something, item i goes to the empty rank i
+    # (every rank before it already has a positive time), without a scan.
+    first = 0
+    while first < min(bins, item_w.shape[0]) and item_w[first] * inv_speed[first] > 0.0:
+        first += 1
     for i in range(item_w.shape[0]):
         e = item_e[i]
-        r = first_lightest(bits)
+        r = i if i < first else first_lightest(bits)
         if forbid_dup and has[r, e] > 0:
             free = _lightest_without(keys, has, e)
             stacked += free < 0
