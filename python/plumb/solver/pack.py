@@ -13,7 +13,8 @@ from numba import njit
 
 from .jit import kernel
 from .mintree import tree_build, tree_min, tree_size, tree_update
-from .workspace import ASIDE, FILL, INV_SPEED, RADIX_COUNTS, RANK_KEYS, RANK_TREE, workspace
+from .workspace import (ASIDE, FILL, INV_SPEED, RADIX_COUNTS, RANK_KEYS, RANK_TREE, copy_into,
+                        workspace)
 
 
 # Below this many values each value's rank is counted directly (n**2 comparisons that the
@@ -24,9 +25,9 @@ _RADIX_MIN = 128
 # Up to this many ranks LPT finds the lightest by scanning their times (vectorised, about half
 # the time per item at 4-8 ranks); from 16 on the tournament tree is as fast or faster.
 SCAN_BINS = 8
-# The first radix sort runs on the top four bytes of the keys: sign, exponent and 20 mantissa
-# bits, which already order loads that are not within a relative 1e-6 of each other. Each
-# key's top half and its index share one word (index in the low half).
+# The radix sort runs on the top four bytes of the keys first: sign, exponent and 20 mantissa
+# bits, which already order loads that are not within a relative 1e-6 of each other. A key's
+# half and its index share one word (index in the low half), sorted on bytes _TOP_BYTE..7.
 _TOP_BYTE = 4
 _INDEX_MASK = np.uint64(0xFFFFFFFF)
 _MAX_PACKED = 0xFFFFFFFF
@@ -39,7 +40,7 @@ def descending_order(values, order, scratch):
     ``values`` float64 [m], non-negative (no NaN); ``order`` int64 [m]; ``scratch`` int64
     [m + RADIX_COUNTS]. A stable sort, several times faster than ``np.argsort`` at these
     sizes: rank counting for short inputs, else an LSD radix sort on the float bits (the high
-    half first; all eight bytes only when two values share it).
+    half first; the low half too only when two values share the high half).
     """
     n = values.shape[0]
     if scratch.shape[0] < n + RADIX_COUNTS:
@@ -47,18 +48,51 @@ def descending_order(values, order, scratch):
     if n < _RADIX_MIN:
         _rank_descending(values, order, scratch)
         return
-    if n <= _MAX_PACKED:
-        if not _radix_high(values, order, scratch):
+    if n > _MAX_PACKED:
+        raise ValueError("descending_order: at most 2**32 - 1 values")
+    bits = values.view(np.uint64)
+    words = order.view(np.uint64)
+    spare = scratch[:n].view(np.uint64)
+    count = scratch[n:n + RADIX_COUNTS]
+    for i in range(n):
+        words[i] = (_radix_key(bits[i]) & ~_INDEX_MASK) | np.uint64(i)
+    _sort_words(words, spare, count)
+    shared = False
+    for i in range(1, n):
+        shared = shared or (words[i] ^ words[i - 1]) <= _INDEX_MASK
+    _unpack(words, order)
+    if not shared:
+        return
+    # Keys sharing the high half are in index order: right unless their low halves differ.
+    for i in range(1, n):
+        if values[order[i - 1]] < values[order[i]]:
+            _sort_fully(bits, words, spare, count)
+            _unpack(words, order)
             return
-        # Some keys share the top half: exact unless their values differ below it.
-        misordered = False
-        for i in range(1, n):
-            if values[order[i - 1]] < values[order[i]]:
-                misordered = True
-                break
-        if not misordered:
-            return
-    _radix_descending(values, order, scratch)
+
+
+@kernel
+def _sort_fully(bits, words, spare, count):
+    """All 64 bits of the keys: the low halves first, then the high halves in that order
+    (stable passes keep it on ties). ``words`` (uint64 [n]) ends holding each key's high
+    half above its index, sorted; ``spare`` uint64 [n] and ``count`` int64 [RADIX_COUNTS]:
+    scratch; ``bits``: the values' bits (uint64 [n])."""
+    n = bits.shape[0]
+    for i in range(n):
+        words[i] = (_radix_key(bits[i]) << np.uint64(32)) | np.uint64(i)
+    _sort_words(words, spare, count)
+    for k in range(n):
+        i = words[k] & _INDEX_MASK
+        words[k] = (_radix_key(bits[i]) & ~_INDEX_MASK) | i
+    _sort_words(words, spare, count)
+
+
+@kernel
+def _unpack(words, order):
+    """order[i] (int64 [n]) = the index in words[i]'s low half (uint64 [n]; may share
+    ``order``'s memory: each word is read before its slot is written)."""
+    for i in range(words.shape[0]):
+        order[i] = np.int64(words[i] & _INDEX_MASK)
 
 
 @kernel
@@ -92,96 +126,34 @@ def _radix_key(bits):
 
 
 @kernel
-def _radix_high(values, order, scratch):
-    """:func:`descending_order` on the top half of the keys only (bytes ``_TOP_BYTE..7``):
-    values equal there keep index order. Returns whether two keys share the top half (only
-    then can the order be wrong: the caller checks it). Stable counting passes over words
-    holding a key's top half above its index (n <= 2**32 - 1): each pass reads one array in
-    order, where the full sort gathers every key through the order."""
-    n = values.shape[0]
-    bits = values.view(np.uint64)
-    src = order.view(np.uint64)
-    dst = scratch[:n].view(np.uint64)
-    count = scratch[n:n + RADIX_COUNTS]
-    for i in range(n):
-        src[i] = (_radix_key(bits[i]) & ~_INDEX_MASK) | np.uint64(i)
+def _sort_words(words, spare, count):
+    """Stable LSD radix sort of ``words`` (uint64 [n], in place) on their high half, one
+    byte per pass; ``spare`` uint64 [n] and ``count`` int64 [RADIX_COUNTS]: scratch. Each
+    pass reads one array in order (a key's half and its index travel in one word); a pass
+    where every word has the same byte is skipped."""
+    n = words.shape[0]
+    src, dst = words, spare
+    in_words = True
     for byte in range(_TOP_BYTE, 8):
-        if _counting_pass(src, dst, count, np.uint64(8 * byte)):
-            src, dst = dst, src
-    shared = False
-    previous = src[0]
-    for i in range(n):
-        # Read before order[i] is written: src may be order's own memory.
-        word = src[i]
-        shared = shared or (i > 0 and (word ^ previous) <= _INDEX_MASK)
-        previous = word
-        order[i] = np.int64(word & _INDEX_MASK)
-    return shared
-
-
-@kernel
-def _counting_pass(src, dst, count, shift):
-    """One stable pass of :func:`_radix_high` on the byte at ``shift`` (uint64): ``src`` into
-    ``dst`` (uint64 [n] each), ``count`` int64 [RADIX_COUNTS] scratch. Returns False, with
-    ``dst`` untouched, when every word has the same byte there (the pass would not move
-    anything)."""
-    n = src.shape[0]
-    count[:] = 0
-    for i in range(n):
-        count[(src[i] >> shift) & np.uint64(255)] += 1
-    if count[(src[0] >> shift) & np.uint64(255)] == n:
-        return False
-    total = 0
-    for digit in range(RADIX_COUNTS):
-        here = count[digit]
-        count[digit] = total
-        total += here
-    for i in range(n):
-        digit = (src[i] >> shift) & np.uint64(255)
-        dst[count[digit]] = src[i]
-        count[digit] += 1
-    return True
-
-
-@kernel
-def _radix_descending(values, order, scratch):
-    """:func:`descending_order` by stable counting passes over all eight bytes of the keys.
-
-    Non-negative doubles order like their bit patterns read as unsigned integers. The keys
-    are read through the current order (the values fit in cache) rather than kept in a
-    buffer of their own.
-    """
-    n = values.shape[0]
-    bits = values.view(np.uint64)
-    for i in range(n):
-        order[i] = i
-    count = scratch[n:n + RADIX_COUNTS]
-    src_o, dst_o = order, scratch[:n]
-    in_order = True
-    for byte in range(8):
         shift = np.uint64(8 * byte)
         count[:] = 0
         for i in range(n):
-            j = src_o[i]
-            count[(_radix_key(bits[j]) >> shift) & np.uint64(255)] += 1
-        j = src_o[0]
-        if count[(_radix_key(bits[j]) >> shift) & np.uint64(255)] == n:
-            continue  # every key has this byte: the pass would not move anything
+            count[(src[i] >> shift) & np.uint64(255)] += 1
+        if count[(src[0] >> shift) & np.uint64(255)] == n:
+            continue
         total = 0
         for digit in range(RADIX_COUNTS):
             here = count[digit]
             count[digit] = total
             total += here
         for i in range(n):
-            j = src_o[i]
-            digit = (_radix_key(bits[j]) >> shift) & np.uint64(255)
-            dst_o[count[digit]] = j
+            digit = (src[i] >> shift) & np.uint64(255)
+            dst[count[digit]] = src[i]
             count[digit] += 1
-        src_o, dst_o = dst_o, src_o
-        in_order = not in_order
-    if not in_order:
-        for i in range(n):
-            order[i] = scratch[i]
+        src, dst = dst, src
+        in_words = not in_words
+    if not in_words:
+        copy_into(words, spare)
 
 
 @njit(cache=True, nogil=True)
