@@ -164,10 +164,10 @@ def test_hierarchical_bound_never_exceeds_the_hierarchical_optimum(layer):
 
     weights, num_groups, gpn, num_slots = layer
     optimum = _hierarchical_optimum(weights, num_groups, 2, gpn, num_slots)
-    node_ranks = np.arange(2 * gpn, dtype=np.int64).reshape(2, gpn)
     caps = np.full(weights.size, 2 * gpn, dtype=np.int64)
-    bound = hierarchical_bound(weights, caps, np.ones(2 * gpn), node_ranks, num_groups,
-                               *workspace(weights.size, 2 * gpn, num_slots // (2 * gpn)))
+    group_w = weights.reshape(num_groups, -1).sum(axis=1)
+    bound = hierarchical_bound(weights, caps, np.ones(2 * gpn), group_w, np.full(2, float(gpn)),
+                               gpn, *workspace(weights.size, 2 * gpn, num_slots // (2 * gpn)))
     assert bound <= optimum * (1 + 1e-12) + 1e-12
     p = plumb.solve(weights, plumb.Topology.cluster(nodes=2, gpus_per_node=gpn),
                     num_redundant=num_slots - weights.size, num_groups=num_groups,

@@ -332,21 +332,17 @@ def groups_within_nodes(phy2log: np.ndarray, num_experts: int, num_groups: int,
     node, and the same number of groups on every node."""
     num_layers, num_slots = phy2log.shape
     # Node labels may be any ints: positions 0..nodes-1 instead.
-    _, rank_node = np.unique(topo.node_of_rank, return_inverse=True)
-    slot_node = rank_node[np.arange(num_slots) // (num_slots // topo.num_ranks)]
-    # Per (layer, group): the lowest and highest node holding one of its replicas.
-    keys = (np.arange(num_layers)[:, None] * num_groups
-            + phy2log // (num_experts // num_groups)).ravel()
-    nodes = np.broadcast_to(slot_node, phy2log.shape).ravel()
-    low = np.full(num_layers * num_groups, topo.num_nodes, dtype=np.int64)
-    high = np.full(num_layers * num_groups, -1, dtype=np.int64)
-    np.minimum.at(low, keys, nodes)
-    np.maximum.at(high, keys, nodes)
-    low = low.reshape(num_layers, num_groups)
-    whole = (low == high.reshape(num_layers, num_groups)).all(axis=1)
-    per_node = np.zeros((num_layers, topo.num_nodes), dtype=np.int64)
-    np.add.at(per_node, (np.arange(num_layers)[:, None], np.where(whole[:, None], low, 0)), 1)
-    return whole & (per_node == num_groups // topo.num_nodes).all(axis=1)
+    labels, rank_node = np.unique(topo.node_of_rank, return_inverse=True)
+    slot_node = np.broadcast_to(rank_node[np.arange(num_slots) // (num_slots // topo.num_ranks)],
+                                phy2log.shape)
+    layer = np.arange(num_layers)[:, None]
+    group = phy2log // (num_experts // num_groups)
+    # One node per group (a replica's, any: every group has one), then every replica on it.
+    group_node = np.empty((num_layers, num_groups), dtype=np.int64)
+    group_node[layer, group] = slot_node
+    whole = (group_node[layer, group] == slot_node).all(axis=1)
+    per_node = (group_node[:, :, None] == np.arange(labels.size)).sum(axis=1)
+    return whole & (per_node == num_groups // labels.size).all(axis=1)
 
 
 def _hierarchical_bounds_kept(phy2log: np.ndarray, bound: np.ndarray, weights: np.ndarray,

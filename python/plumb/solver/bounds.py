@@ -29,7 +29,7 @@ from numba import njit
 from .jit import kernel, largest, total
 from .pack import descending_order
 from .replicate import max_replica_load, min_max_replica_load
-from .workspace import ITEM_W, ORDER, PREFIX, SHARE, SORT_SCRATCH, SUFFIX, workspace
+from .workspace import ORDER, PREFIX, SHARE, SORT_SCRATCH, SUFFIX, workspace
 
 
 @kernel
@@ -106,50 +106,38 @@ def layer_bound_with(weights, num_slots, speed, fscratch, iscratch):
 
 
 @kernel
-def hierarchical_bound(weights, caps, speed, node_ranks, num_groups, fscratch, iscratch):
+def hierarchical_bound(weights, caps, speed, group_w, node_speed, gpn, fscratch, iscratch):
     """Lower bound on ``max_r load_r / speed_r`` of one layer over the placements that keep
-    each of ``num_groups`` contiguous expert groups whole on one node (the same number of
-    groups on every node) and each expert's replicas on its node (at most
-    ``min(caps[e], ranks per node)`` of them), as the hierarchical policy places them.
+    each contiguous expert group whole on one node (the same number of groups on every
+    node) and each expert's replicas on its node (at most ``min(caps[e], gpn)`` of them),
+    as the hierarchical policy places them.
 
     * Node loads: a node's ranks carry the whole load of its groups, so its busiest rank's
-      time is at least that load over the node's speed (its ranks' speeds summed); the node
-      loads are sums of equally many groups each, so :func:`cardinality_bound` over the
-      group loads (and the heaviest group) bounds the busiest node's load.
+      time is at least that load over the node's speed; the node loads are sums of equally
+      many groups each, so :func:`cardinality_bound` over the group loads (and the heaviest
+      group) bounds the busiest node's load.
     * Replicas: expert e has at most ``min(caps[e], gpn)`` replicas, one of them at least
       ``w_e`` over that.
     Not a bound on placements of other kinds: the global policy may go below it.
 
     Args:
         weights: float64 [E]; caps: int64 [E], replica caps; speed: float64 [G].
-        node_ranks: int64 [nodes, gpn], the ranks of each node.
-        num_groups: expert groups, a multiple of ``nodes`` dividing E.
+        group_w: float64 [groups], the load of each group (a multiple of the node count).
+        node_speed: float64 [nodes], each node's ranks' speeds summed; gpn: ranks per node.
         fscratch, iscratch: the scratch of a ``workspace`` for >= E experts.
     """
-    num_experts = weights.shape[0]
-    nodes, gpn = node_ranks.shape
-    group_size = num_experts // num_groups
-    group_w = fscratch[ITEM_W, :num_groups]
-    group_w[:] = 0.0
-    for e in range(num_experts):
-        group_w[e // group_size] += weights[e]
+    num_groups = group_w.shape[0]
     order = iscratch[ORDER, :num_groups]
     descending_order(group_w, order, iscratch[SORT_SCRATCH])
     heaviest = fscratch[SHARE, :num_groups]
     for i in range(num_groups):
         heaviest[i] = group_w[order[i]]
-    fastest_node = 0.0
-    for n in range(nodes):
-        node_speed = 0.0
-        for i in range(gpn):
-            node_speed += speed[node_ranks[n, i]]
-        fastest_node = max(fastest_node, node_speed)
-    node_load = max(heaviest[0], cardinality_bound(heaviest, nodes, fscratch[PREFIX],
-                                                   fscratch[SUFFIX]))
+    node_load = max(heaviest[0], cardinality_bound(heaviest, node_speed.shape[0],
+                                                   fscratch[PREFIX], fscratch[SUFFIX]))
     piece = 0.0
-    for e in range(num_experts):
+    for e in range(weights.shape[0]):
         piece = max(piece, weights[e] / min(caps[e], gpn))
-    return max(node_load / fastest_node, piece / largest(speed))
+    return max(node_load / largest(node_speed), piece / largest(speed))
 
 
 @kernel

@@ -186,9 +186,6 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
             bound[layer] = replicated_bound(w, g_counts, speed)
         else:
             bound[layer] = layer_bound_with(w, num_slots, speed, fscratch, iscratch)
-        if hier_only:
-            bound[layer] = max(bound[layer], hierarchical_bound(w, caps, speed, node_ranks,
-                                                                num_groups, fscratch, iscratch))
         # Each policy's max rank time: inf if not run, or if the hierarchical one was cut
         # short because it could not win. Ties go to the hierarchical policy (it keeps groups
         # within a node). A global solution meeting the bound is not searched further.
@@ -201,6 +198,10 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
                                             allow_dup_hier, top_global, h_counts, h_e, h_w,
                                             h_load, has, stack_caps, fscratch, iscratch, nw):
             top_hier = time_max(h_load, speed)
+            if hier_only:
+                # From the group loads and node speeds the policy has just used.
+                bound[layer] = max(bound[layer], hierarchical_bound(
+                    w, caps, speed, nw.group_w, nw.node_speed, gpn, fscratch, iscratch))
         candidate_max[layer, GLOBAL] = top_global
         candidate_max[layer, HIERARCHICAL] = top_hier
         if top_hier <= top_global:

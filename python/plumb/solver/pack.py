@@ -30,7 +30,7 @@ SCAN_BINS = 8
 # half and its index share one word (index in the low half), sorted on bytes _TOP_BYTE..7.
 _TOP_BYTE = 4
 _INDEX_MASK = np.uint64(0xFFFFFFFF)
-_MAX_PACKED = 0xFFFFFFFF
+_MAX_PACKED = int(_INDEX_MASK)
 
 
 @kernel
@@ -215,19 +215,17 @@ def lpt_place(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     inv_speed = fscratch[INV_SPEED, :bins]
     keys[bins:] = np.inf
     _reset_ranks(speed, load, keys, fill, inv_speed)
-    # First round without the tree: while the items weigh something, item i goes to the empty
-    # rank i (every rank before it already has a positive time; ties go to the lower index).
-    first = 0
-    while first < min(bins, item_w.shape[0]) and item_w[first] * inv_speed[first] > 0.0:
-        e = item_e[first]
-        fill[first] = 1
-        slot_e[first, slots - 1] = e
-        slot_w[first, slots - 1] = item_w[first]
-        slot_item[first, slots - 1] = first
-        load[first] = item_w[first]
-        has[first, e] += 1
-        keys[first] = load[first] * inv_speed[first] if slots > 1 else np.inf
-        first += 1
+    # First round without the tree (the first smallest time is rank i's zero).
+    first = _first_round(item_w, inv_speed)
+    for i in range(first):
+        e = item_e[i]
+        fill[i] = 1
+        slot_e[i, slots - 1] = e
+        slot_w[i, slots - 1] = item_w[i]
+        slot_item[i, slots - 1] = i
+        load[i] = item_w[i]
+        has[i, e] += 1
+        keys[i] = load[i] * inv_speed[i] if slots > 1 else np.inf
     tree_build(keys, tree)
     stacked = 0
     set_aside = 0
@@ -276,11 +274,7 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
     bits = keys.view(np.int64)
     stacked = 0
     set_aside = 0
-    # As in lpt_place: while the items weigh something, item i goes to the empty rank i
-    # (every rank before it already has a positive time), without a scan.
-    first = 0
-    while first < min(bins, item_w.shape[0]) and item_w[first] * inv_speed[first] > 0.0:
-        first += 1
+    first = _first_round(item_w, inv_speed)
     for i in range(item_w.shape[0]):
         e = item_e[i]
         r = i if i < first else first_lightest(bits)
@@ -299,6 +293,18 @@ def _lpt_scan(item_w, item_e, speed, forbid_dup, slot_e, slot_w, load, has, slot
         has[r, e] += 1
         keys[r] = load[r] * inv_speed[r] if fill[r] < slots else np.inf
     return stacked, set_aside
+
+
+@kernel
+def _first_round(item_w, inv_speed):
+    """How many leading items (float64 [m], placement order) LPT gives to the empty ranks
+    0, 1, ... in turn, without looking for the lightest: while the items weigh something,
+    every rank before rank i already has a positive time (``inv_speed`` float64 [bins])."""
+    first = 0
+    while (first < min(inv_speed.shape[0], item_w.shape[0])
+           and item_w[first] * inv_speed[first] > 0.0):
+        first += 1
+    return first
 
 
 @kernel
