@@ -242,16 +242,51 @@ def test_expert_rows_match_numpy():
     assert np.allclose(node_share.sum(axis=1), 1.0)
 
 
-def test_level_token_cost_matches_the_cost_matrix_product():
-    from plumb.locality.levels import level_layout, level_token_cost
+def _layer_levels(topo, tokens):
+    """The ``levels`` tuple of one layer's tokens (float64 [G, E] or [1, E]), sums filled."""
+    from plumb.locality.levels import group_sums, level_layout
+
+    layout = level_layout(topo)
+    num_experts = tokens.shape[1]
+    sums = (np.empty((layout.node_of_domain.max() + 1, num_experts)),
+            np.empty((layout.domain_size.shape[0], num_experts)), np.empty(num_experts))
+    group_sums(tokens, layout.node_id, layout.domain_id, *sums)
+    return (tokens, layout.node_id, layout.domain_id, layout.level_cost) + sums
+
+
+@pytest.mark.parametrize("sources", [8, 1])
+def test_level_token_cost_matches_the_cost_matrix_product(sources):
+    from plumb.locality.levels import level_token_cost
 
     topo = Topology.cluster(2, 4, 2)
-    layout = level_layout(topo)
-    tokens = np.random.default_rng(4).random((8, 6))
+    tokens = np.random.default_rng(4).random((sources, 6))
     out = np.empty((6, 8))
-    level_token_cost(tokens, layout.node_id, layout.domain_id, layout.level_cost,
-                     np.empty((2, 6)), np.empty((4, 6)), np.empty(6), np.empty((8, 6)), out)
-    assert np.allclose(out, tokens.T @ topo.link_cost)
+    level_token_cost(_layer_levels(topo, tokens), np.empty((8, 6)), out)
+    assert np.allclose(out, np.broadcast_to(tokens, (8, 6)).T @ topo.link_cost)
+
+
+@pytest.mark.parametrize("nodes, gpn, numa", [(2, 4, 2), (4, 8, 2), (3, 2, 1), (1, 8, 2),
+                                              (1, 8, 4)])
+def test_group_means_from_level_sums_match_the_means_over_the_table(nodes, gpn, numa):
+    # pref for the re-packing straight from the per-level sums: the same means (up to
+    # rounding) as node_means over the full [E, G] cost table, for groups that are nodes or,
+    # on one node, NUMA domains; custom level costs included.
+    from plumb.locality.levels import level_group_means, level_layout
+    from plumb.locality.refine import _group_ranks
+    from plumb.locality.repack import node_means
+
+    topo = Topology.cluster(nodes, gpn, numa, level_costs={
+        "same_rank": 0.5, "same_numa": 1.5, "cross_numa": 4.0, "cross_node": 11.0})
+    groups, group_of_domain = _group_ranks(topo)
+    layout_levels = _layer_levels(topo, np.random.default_rng(nodes * gpn + numa).random(
+        (topo.num_ranks, 7)) * 100)
+    layout = level_layout(topo)
+    expected = np.empty((7, groups.shape[0]))
+    node_means(layout_levels[0].T @ topo.link_cost, groups, expected)
+    out = np.empty_like(expected)
+    level_group_means(layout_levels, group_of_domain, layout.domain_size,
+                      layout.node_of_domain, groups.shape[1], out)
+    assert np.allclose(out, expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cap", [np.inf, 0.0])

@@ -21,11 +21,14 @@ from ..topology import Topology
 class LevelLayout(NamedTuple):
     """node_id, domain_id: int64 [G], dense ids (0..nodes-1, 0..domains-1) of each rank's
     node and NUMA domain; level_cost: float64 [4] (SAME_RANK..CROSS_NODE), the cost on each
-    level, or None when the cost matrix is not constant on every level."""
+    level, or None when the cost matrix is not constant on every level; node_of_domain,
+    domain_size: int64 [domains], each domain's node id and number of ranks."""
 
     node_id: np.ndarray
     domain_id: np.ndarray
     level_cost: Optional[np.ndarray]
+    node_of_domain: np.ndarray
+    domain_size: np.ndarray
 
 
 # Topologies are immutable: their layout is derived once per object.
@@ -44,9 +47,12 @@ def level_layout(topo: Topology) -> LevelLayout:
         if values.size:
             constant = constant and bool(np.all(values == values[0]))
             per_level[index] = values[0]
-    cached = LevelLayout(np.unique(topo.node_of_rank, return_inverse=True)[1].astype(np.int64),
-                         np.unique(topo.numa_of_rank, return_inverse=True)[1].astype(np.int64),
-                         per_level if constant else None)
+    node_id = np.unique(topo.node_of_rank, return_inverse=True)[1].astype(np.int64)
+    domain_id = np.unique(topo.numa_of_rank, return_inverse=True)[1].astype(np.int64)
+    node_of_domain = np.empty(domain_id.max() + 1, dtype=np.int64)
+    node_of_domain[domain_id] = node_id
+    cached = LevelLayout(node_id, domain_id, per_level if constant else None, node_of_domain,
+                         np.bincount(domain_id).astype(np.int64))
     _LAYOUTS[topo] = cached
     return cached
 
@@ -90,21 +96,33 @@ def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
             total[e] += row[e]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def token_cost_at(own, domain, node, total, level_cost):
+    """What an expert's tokens cost on one rank of a topology whose costs are constant on
+    each level (``level_cost`` float64 [4]): ``own`` of them come from the rank itself,
+    ``domain`` / ``node`` from its NUMA domain / node (own included), ``total`` from all
+    sources. Linear in the four sums, so means of sums give mean costs."""
+    return (level_cost[0] * own + level_cost[1] * (domain - own)
+            + level_cost[2] * (node - domain) + level_cost[3] * (total - node))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def level_cost_at(levels, e, g):
+    """``token_cost_at`` of expert e on rank g from one layer's ``levels``: the tuple
+    (tokens float64 [G, E] or [1, E] (:func:`source_row`), node_id, domain_id int64 [G],
+    level_cost float64 [4], and the ``group_sums`` of the tokens: node_sum [nodes, E],
+    domain_sum [domains, E], total [E])."""
+    tokens, node_id, domain_id, level_cost, node_sum, domain_sum, total = levels
+    return token_cost_at(tokens[source_row(tokens, g), e], domain_sum[domain_id[g], e],
+                         node_sum[node_id[g], e], total[e], level_cost)
+
+
 @njit(cache=True, nogil=True)
-def level_token_cost(tokens, node_id, domain_id, level_cost, node_sum, domain_sum, total, rows,
-                     out):
-    """out[e, g] (float64 [E, G]): what all of expert e's tokens cost when served on rank g,
-    for one layer's tokens (float64 [G, E], or [1, E]: see :func:`source_row`) on a
-    topology whose costs are constant on each
-    level (``level_cost`` float64 [4]): its own rank's tokens at the same-rank cost, the rest
-    of its domain, of its node and of the cluster at theirs. O(G E) instead of the O(G^2 E)
-    product tokens.T @ cost; node_sum / domain_sum / total: scratch as in ``group_sums``;
-    rows: float64 [G, E] scratch."""
-    group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total)
-    same_rank = level_cost[0]
-    same_domain = level_cost[1]
-    same_node = level_cost[2]
-    cross_node = level_cost[3]
+def level_token_cost(levels, rows, out):
+    """out[e, g] (float64 [E, G]): ``level_cost_at`` for every expert and rank of one layer's
+    ``levels`` (whose sums ``group_sums`` has filled): O(G E) instead of the O(G^2 E)
+    product tokens.T @ cost; rows: float64 [G, E] scratch."""
+    tokens, node_id, domain_id, level_cost, node_sum, domain_sum, total = levels
     # Rank-major first (contiguous, vectorised), then one transpose: writing [E, G] directly
     # scatters every store and took about twice as long.
     num_ranks = node_id.shape[0]
@@ -114,8 +132,38 @@ def level_token_cost(tokens, node_id, domain_id, level_cost, node_sum, domain_su
         node = node_sum[node_id[g]]
         row = rows[g]
         for e in range(tokens.shape[1]):
-            row[e] = (same_rank * own[e] + same_domain * (domain[e] - own[e])
-                      + same_node * (node[e] - domain[e]) + cross_node * (total[e] - node[e]))
+            row[e] = token_cost_at(own[e], domain[e], node[e], total[e], level_cost)
     for e in range(tokens.shape[1]):
         for g in range(num_ranks):
             out[e, g] = rows[g, e]
+
+
+@njit(cache=True, nogil=True)
+def level_group_means(levels, group_of_domain, domain_size, node_of_domain, group_size, out):
+    """out[e, k] (float64 [E, groups]): the mean of ``level_cost_at(levels, e, g)`` over the
+    ranks g of group k, for groups that are unions of whole NUMA domains (nodes, or the
+    domains themselves): from the sums alone, O(E domains) instead of O(E G).
+
+    group_of_domain: int64 [domains], each domain's group (-1: none); domain_size: int64
+    [domains], its ranks; node_of_domain: int64 [domains]; group_size: ranks per group.
+    """
+    _, _, _, level_cost, node_sum, domain_sum, total = levels
+    num_experts, groups = out.shape
+    # Over a group's ranks: own tokens add up to its domains' sums; each rank sees its
+    # domain's and its node's sums.
+    own = np.zeros((groups, num_experts), dtype=np.float64)
+    domain = np.zeros((groups, num_experts), dtype=np.float64)
+    node = np.zeros((groups, num_experts), dtype=np.float64)
+    for d in range(domain_sum.shape[0]):
+        k = group_of_domain[d]
+        if k < 0:
+            continue
+        size = domain_size[d]
+        for e in range(num_experts):
+            own[k, e] += domain_sum[d, e]
+            domain[k, e] += size * domain_sum[d, e]
+            node[k, e] += size * node_sum[node_of_domain[d], e]
+    for k in range(groups):
+        for e in range(num_experts):
+            out[e, k] = token_cost_at(own[k, e] / group_size, domain[k, e] / group_size,
+                                      node[k, e] / group_size, total[e], level_cost)

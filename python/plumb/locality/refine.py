@@ -34,7 +34,7 @@ result is deterministic.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from numba import njit
@@ -46,7 +46,8 @@ from ..solver.placement import canonical_slots
 from ..solver.threads import run_layers
 from ..topology import Topology, TopologyLike
 from .dispatch import expert_routing, prepare, replica_lists, replica_ranks
-from .levels import level_layout, level_token_cost, source_row
+from .levels import (group_sums, level_cost_at, level_group_means, level_layout,
+                     level_token_cost, source_row)
 from .repack import PIN_FILLS, node_means, repack_layer
 from .swaps import exchange_slots, fixed_load_swaps
 from .traffic import NEAREST, as_load_slack, full_tokens
@@ -187,13 +188,16 @@ def _nearest_moves(e, rep, c, slots, weight, tok, shr, cost, now, move, shift, r
 
 
 @njit(cache=True, nogil=True)
-def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost, nearest,
-                 routed, load, expert_cost):
+def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost, levels,
+                 nearest, routed, load, expert_cost):
     """Rank loads (into ``load`` [G]) and traffic cost of one layer's placement; cnt: int64
-    [E], replicas per expert; token_cost is float64 [E, G] (tok @ cost); routed: some
-    expert has replicas under nearest dispatch; expert_cost: float64 [E], scratch."""
+    [E], replicas per expert; token_cost is float64 [E, G] (tok @ cost), or shape [0, 0]
+    when not routed on a level topology: then costs come from the layer's ``levels``
+    (``plumb.locality.levels.level_cost_at``); routed: some expert has replicas under
+    nearest dispatch; expert_cost: float64 [E], scratch."""
     if not routed:
-        return _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost)
+        return _spread_state(slot_e, slots, weights, cnt, token_cost, levels, load,
+                             expert_cost)
     rep, _ = replica_lists(slot_e, weights.shape[0])
     ranks = np.empty(rep.shape[1], dtype=np.int64)
     rep_load = np.empty(rep.shape[1], dtype=np.float64)
@@ -213,15 +217,18 @@ def _layer_state(slot_e, slots, weights, cnt, tok, shr, cost, level, token_cost,
 
 
 @kernel
-def _spread_state(slot_e, slots, weights, cnt, token_cost, load, expert_cost):
+def _spread_state(slot_e, slots, weights, cnt, token_cost, levels, load, expert_cost):
     """``_layer_state`` when every replica serves 1/c of every source: one pass over the
-    slots; each expert's cost adds its replicas in slot order (as ``_spread_cost`` does)."""
+    slots; each expert's cost adds its replicas in slot order (as ``_spread_cost`` does).
+    The same floats from the table as from the sums (``level_token_cost`` fills the table
+    with ``level_cost_at``)."""
+    from_table = token_cost.shape[0] > 0
     expert_cost[:] = 0.0
     load[:] = 0.0
     for p in range(slot_e.shape[0]):
         e = slot_e[p]
         g = p // slots
-        expert_cost[e] += token_cost[e, g]
+        expert_cost[e] += token_cost[e, g] if from_table else level_cost_at(levels, e, g)
         load[g] += weights[e] / cnt[e]
     total = 0.0
     for e in range(weights.shape[0]):
@@ -506,15 +513,19 @@ def _stacked(row, slots, num_experts):
 
 @njit(cache=True, nogil=True)
 def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node_id,
-                  domain_id, level_cost, speed, node_of_rank, group_ranks, nearest, keep_node,
-                  cap_factor, max_sweeps, layers, stats):
+                  domain_id, level_cost, node_of_domain, domain_size, group_of_domain, speed,
+                  node_of_rank, group_ranks, nearest, keep_node, cap_factor, max_sweeps, layers,
+                  stats):
     """Runs the pass on the ``layers`` (int64 [k]) of phy2log (int64 [L, P], edited in place).
 
     token_cost: float64 [L, E, G], cost of all of e's tokens served on rank g; or shape
     [0, 0, 0] on a topology with constant costs per level (level_cost float64 [4], node_id /
-    domain_id int64 [G] from ``level_layout``): then each layer's is derived from its tokens.
-    group_ranks: int64 [groups, size], the ranks of each node (or of each NUMA domain on one
-    node) for the re-packing, or shape [0, 0] to skip it. keep_node: bool [L].
+    domain_id int64 [G], node_of_domain / domain_size int64 [domains] from ``level_layout``):
+    then each layer's costs follow from its tokens' sums per level, and its [E, G] table is
+    filled only where a search reads it. group_ranks: int64 [groups, size], the ranks of
+    each node (or of each NUMA domain on one node) for the re-packing, or shape [0, 0] to
+    skip it; group_of_domain: int64 [domains], the group of each domain (-1: none).
+    keep_node: bool [L].
     stats: float64 [L, 4] output (swaps, cost before, cost after, 1.0 if re-packed).
     Each rank's slots are sorted by expert id afterwards (the solver's canonical order).
     """
@@ -546,21 +557,27 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
     for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
+        levels = (tokens[layer], node_id, domain_id, level_cost, node_sum, domain_sum,
+                  cluster_sum)
         if by_level:
-            level_token_cost(tokens[layer], node_id, domain_id, level_cost, node_sum,
-                             domain_sum, cluster_sum, rank_costs, level_costs)
-        layer_cost = level_costs if by_level else token_cost[layer]
+            group_sums(tokens[layer], node_id, domain_id, node_sum, domain_sum, cluster_sum)
         # Replica counts stay fixed through the pass.
         _, cnt = replica_lists(row, num_experts)
         most = cnt.max()
         routed = nearest and most > 1
+        # A zero-slack layer that takes a re-packing reads costs only through _spread_state
+        # (O(P) from the sums): the table is filled once a routing or a swap search needs it.
+        layer_cost = token_cost[layer] if not by_level else no_rows
+        if by_level and routed:
+            level_token_cost(levels, rank_costs, level_costs)
+            layer_cost = level_costs
         # Per-expert token and share rows are read only to route replicated experts under
         # nearest dispatch; all else works from token_cost.
         tok = expert_tokens if routed else no_rows
         shr = shares if routed else no_rows
         if routed:
             _expert_rows(tokens[layer], cnt, tok, shr, expert_total)
-        before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, layer_cost,
+        before = _layer_state(row, slots, w, cnt, tok, shr, cost, level, layer_cost, levels,
                               nearest, routed, load, expert_cost)
         top = 0.0
         for g in range(num_ranks):
@@ -572,7 +589,11 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         stats[layer, 3] = 0.0
         repackable = group_ranks.shape[0] > 1 and not keep_node[layer]
         if repackable:
-            node_means(layer_cost, group_ranks, pref)
+            if by_level:
+                level_group_means(levels, group_of_domain, domain_size, node_of_domain,
+                                  group_ranks.shape[1], pref)
+            else:
+                node_means(layer_cost, group_ranks, pref)
             if routed:
                 _node_shares(tokens[layer], expert_total, group_ranks, node_share)
             # Without replicated experts nothing can stack.
@@ -587,7 +608,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
                              group_ranks, routed,
                              most <= num_ranks, pin_fill, limit[0] / speed[0], candidate)
                 value = _layer_state(candidate, slots, w, cnt, tok, shr, cost, level,
-                                     layer_cost, nearest, routed, load, expert_cost)
+                                     layer_cost, levels, nearest, routed, load, expert_cost)
                 fits = most == 1 or _stacked(candidate, slots, num_experts) <= stacked
                 for g in range(num_ranks):
                     fits = fits and load[g] <= limit[g]
@@ -600,6 +621,10 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         # At zero slack a re-packing leaves little room: a sweep of swaps after it would add
         # about 1% of traffic cut for about as much time again. With slack it follows.
         done = stats[layer, 3] > 0 and cap_factor == 1.0
+        if not done and layer_cost.shape[0] == 0:
+            # The searches below read the table.
+            level_token_cost(levels, rank_costs, level_costs)
+            layer_cost = level_costs
         if done:
             pass
         elif routed and not repackable:
@@ -614,7 +639,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
             if repackable:
                 # The packings tried left their own loads in ``load``.
                 after = _layer_state(row, slots, w, cnt, tok, shr, cost, level,
-                                     layer_cost, nearest, routed, load, expert_cost)
+                                     layer_cost, levels, nearest, routed, load, expert_cost)
             for p in range(num_slots):
                 e = row[p]
                 slot_load[p] = w[e] / cnt[e]
@@ -630,21 +655,29 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
 
 
 # Topologies are immutable: their groups are derived once per object.
-_GROUPS: "weakref.WeakKeyDictionary[Topology, np.ndarray]" = weakref.WeakKeyDictionary()
+_GROUPS: "weakref.WeakKeyDictionary[Topology, Tuple[np.ndarray, np.ndarray]]" = \
+    weakref.WeakKeyDictionary()
 
 
-def _group_ranks(topo: Topology) -> np.ndarray:
-    """int64 [groups, size]: ranks of each node, or of each NUMA domain when there is one node;
-    [0, 0] when there is one group or the groups differ in size (no re-packing then)."""
+def _group_ranks(topo: Topology) -> Tuple[np.ndarray, np.ndarray]:
+    """(int64 [groups, size]: ranks of each node, or of each NUMA domain when there is one
+    node; [0, 0] when there is one group or the groups differ in size (no re-packing then),
+    int64 [domains]: the group of each NUMA domain (``level_layout``'s ids), -1 for none)."""
     cached = _GROUPS.get(topo)
     if cached is not None:
         return cached
     labels = topo.node_of_rank if topo.num_nodes > 1 else topo.numa_of_rank
     groups = [np.flatnonzero(labels == value) for value in np.unique(labels)]
+    domain_id = level_layout(topo).domain_id
+    group_of_domain = np.full(domain_id.max() + 1, -1, dtype=np.int64)
     if len(groups) < 2 or len({len(g) for g in groups}) != 1:
-        cached = np.zeros((0, 0), dtype=np.int64)
+        ranks = np.zeros((0, 0), dtype=np.int64)
     else:
-        cached = np.ascontiguousarray(np.stack(groups), dtype=np.int64)
+        ranks = np.ascontiguousarray(np.stack(groups), dtype=np.int64)
+        # Groups are nodes or domains: each domain lies in one.
+        for k, members in enumerate(ranks):
+            group_of_domain[domain_id[members]] = k
+    cached = (ranks, group_of_domain)
     _GROUPS[topo] = cached
     return cached
 
@@ -714,12 +747,13 @@ def refine_validated(placement: np.ndarray, weights: np.ndarray, topo: Topology,
     else:
         token_cost = np.zeros((0, 0, 0))
         level_cost = layout.level_cost
-    groups = _group_ranks(topo)
+    groups, group_of_domain = _group_ranks(topo)
     _, speed = kernel_topology(topo)
     # Layers are independent (each writes its own rows): split over the solver's threads.
     run_layers(lambda layers: _refine_model(
         out, placement.shape[1] // topo.num_ranks, weights, tokens, topo.link_cost,
-        topo.level, token_cost, layout.node_id, layout.domain_id, level_cost, speed,
+        topo.level, token_cost, layout.node_id, layout.domain_id, level_cost,
+        layout.node_of_domain, layout.domain_size, group_of_domain, speed,
         topo.node_of_rank, groups,
         nearest, keep, 1.0 + slack, max_sweeps, layers, stats), num_layers, out.size)
     info: Dict[str, Any] = {"swaps": stats[:, 0].astype(np.int64), "traffic_before": stats[:, 1],
