@@ -265,9 +265,19 @@ def test_level_token_cost_matches_the_cost_matrix_product(sources):
     assert np.allclose(out, np.broadcast_to(tokens, (8, 6)).T @ topo.link_cost)
 
 
-@pytest.mark.parametrize("nodes, gpn, numa", [(2, 4, 2), (4, 8, 2), (3, 2, 1), (1, 8, 2),
-                                              (1, 8, 4)])
-def test_group_means_from_level_sums_match_the_means_over_the_table(nodes, gpn, numa):
+_COSTS = {"same_rank": 0.5, "same_numa": 1.5, "cross_numa": 4.0, "cross_node": 11.0}
+
+
+@pytest.mark.parametrize("topo", [
+    Topology.cluster(2, 4, 2, level_costs=_COSTS), Topology.cluster(4, 8, 2, level_costs=_COSTS),
+    Topology.cluster(3, 2, 1, level_costs=_COSTS), Topology.cluster(1, 8, 2, level_costs=_COSTS),
+    Topology.cluster(1, 8, 4, level_costs=_COSTS),
+    # Nodes of equal size split into NUMA domains of 1 + 3 and 2 + 2 ranks, labels in no
+    # particular order.
+    Topology.from_levels([5, 5, 5, 5, 2, 2, 2, 2], [7, 3, 7, 7, 1, 0, 1, 0],
+                         level_costs=_COSTS),
+], ids=["2x4x2", "4x8x2", "3x2x1", "1x8x2", "1x8x4", "uneven-domains"])
+def test_group_means_from_level_sums_match_the_means_over_the_table(topo):
     # pref for the re-packing straight from the per-level sums: the same means (up to
     # rounding) as node_means over the full [E, G] cost table, for groups that are nodes or,
     # on one node, NUMA domains; custom level costs included.
@@ -275,10 +285,9 @@ def test_group_means_from_level_sums_match_the_means_over_the_table(nodes, gpn, 
     from plumb.locality.refine import _group_ranks
     from plumb.locality.repack import node_means
 
-    topo = Topology.cluster(nodes, gpn, numa, level_costs={
-        "same_rank": 0.5, "same_numa": 1.5, "cross_numa": 4.0, "cross_node": 11.0})
     groups, group_of_domain = _group_ranks(topo)
-    layout_levels = _layer_levels(topo, np.random.default_rng(nodes * gpn + numa).random(
+    assert groups.shape[0] > 1
+    layout_levels = _layer_levels(topo, np.random.default_rng(topo.num_ranks).random(
         (topo.num_ranks, 7)) * 100)
     layout = level_layout(topo)
     expected = np.empty((7, groups.shape[0]))
