@@ -265,6 +265,37 @@ def test_level_token_cost_matches_the_cost_matrix_product(sources):
     assert np.allclose(out, np.broadcast_to(tokens, (8, 6)).T @ topo.link_cost)
 
 
+def test_layer_cost_from_level_sums_is_the_tables_to_the_bit():
+    # The pass scores zero-slack re-packings from the per-level sums without the [E, G]
+    # table; both must give the same floats, or taking a packing could depend on which.
+    from plumb.locality.levels import level_token_cost
+    from plumb.locality.refine import _spread_state
+
+    # Costs and tokens that round: with whole numbers every order of the sums is exact.
+    topo = Topology.cluster(4, 4, 2, level_costs={
+        "same_rank": 0.3, "same_numa": 1.7, "cross_numa": 2.9, "cross_node": 8.3})
+    rng = np.random.default_rng(11)
+    num_experts, slots = 40, 3
+    row = np.concatenate([np.arange(num_experts), rng.integers(0, num_experts, 8)])
+    row = rng.permutation(row).astype(np.int64)
+    cnt = np.bincount(row, minlength=num_experts).astype(np.int64)
+    weights = rng.lognormal(0, 1, num_experts)
+    for sources in (topo.num_ranks, 1):
+        levels = _layer_levels(topo, rng.random((sources, num_experts)) * 500)
+        table = np.empty((num_experts, topo.num_ranks))
+        level_token_cost(levels, np.empty((topo.num_ranks, num_experts)), table)
+        load_table, load_sums = np.empty(topo.num_ranks), np.empty(topo.num_ranks)
+        cost_table, cost_sums = np.empty(num_experts), np.empty(num_experts)
+        from_table = _spread_state(row, slots, weights, cnt, table, levels, load_table,
+                                   cost_table)
+        from_sums = _spread_state(row, slots, weights, cnt, np.empty((0, 0)), levels, load_sums,
+                                  cost_sums)
+        # Per expert: the layer's total can round two different sets of costs alike.
+        assert np.array_equal(cost_table, cost_sums)
+        assert from_table == from_sums
+        assert np.array_equal(load_table, load_sums)
+
+
 _COSTS = {"same_rank": 0.5, "same_numa": 1.5, "cross_numa": 4.0, "cross_node": 11.0}
 
 
