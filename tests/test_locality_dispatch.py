@@ -257,7 +257,7 @@ def test_group_sums_add_up_sources_per_domain_node_and_all():
     layout = level_layout(topo)
     tokens = np.random.default_rng(2).random((8, 5))
     node_sum, domain_sum, total = np.empty((2, 5)), np.empty((4, 5)), np.empty(5)
-    group_sums(tokens, layout.node_id, layout.domain_id, node_sum, domain_sum, total)
+    group_sums(tokens, layout.domain_id, layout.node_of_domain, node_sum, domain_sum, total)
     assert np.allclose(node_sum, [tokens[:4].sum(axis=0), tokens[4:].sum(axis=0)])
     for d in range(4):
         assert np.allclose(domain_sum[d], tokens[layout.domain_id == d].sum(axis=0))

@@ -250,7 +250,7 @@ def _layer_levels(topo, tokens):
     num_experts = tokens.shape[1]
     sums = (np.empty((layout.node_of_domain.max() + 1, num_experts)),
             np.empty((layout.domain_size.shape[0], num_experts)), np.empty(num_experts))
-    group_sums(tokens, layout.node_id, layout.domain_id, *sums)
+    group_sums(tokens, layout.domain_id, layout.node_of_domain, *sums)
     return (tokens, layout.node_id, layout.domain_id, layout.level_cost) + sums
 
 
@@ -325,7 +325,7 @@ def test_group_means_from_level_sums_match_the_means_over_the_table(topo):
     node_means(layout_levels[0].T @ topo.link_cost, groups, expected)
     out = np.empty_like(expected)
     level_group_means(layout_levels, group_of_domain, layout.domain_size,
-                      layout.node_of_domain, groups.shape[1], out)
+                      layout.node_of_domain, groups.shape[1], np.empty((3,) + out.T.shape), out)
     assert np.allclose(out, expected, rtol=1e-12)
 
 

@@ -112,8 +112,9 @@ def expert_routing(ranks, c, weight, tokens, share, cost, level, nearest, rep_lo
 
 
 @njit(cache=True, nogil=True)
-def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_id, level_cost,
-                 nearest, layers, rank_loads, traffic_cost, level_tokens):
+def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_id,
+                 node_of_domain, level_cost, nearest, layers, rank_loads, traffic_cost,
+                 level_tokens):
     """For the ``layers`` (int64 [k]): their rows of rank loads [L, G], traffic cost [L] and
     tokens per level [L, 4] (outputs).
 
@@ -127,7 +128,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
     ``expert_routing`` with their source shares computed here for just those experts.
     tokens: float64 [L, G, E], or [L, 1, E] when every source sends the same
     (``source_traffic(compact=True)``); node_id, domain_id: int64 [G], dense node and
-    NUMA-domain ids (``level_layout``).
+    NUMA-domain ids, node_of_domain: int64 [domains] (``level_layout``).
     """
     num_slots = phy2log.shape[1]
     num_experts = weights.shape[1]
@@ -154,7 +155,7 @@ def _route_model(phy2log, slots, weights, tokens, cost, level, node_id, domain_i
             # Replicated experts under nearest dispatch are routed below instead.
             spread[p] = 0.0 if nearest and c > 1 else 1.0 / c
             loads[p // slots] += weights[layer, slot_e[p]] * spread[p]
-        group_sums(tok, node_id, domain_id, node_sum, domain_sum, total)
+        group_sums(tok, domain_id, node_of_domain, node_sum, domain_sum, total)
         own = 0.0
         in_domain = 0.0
         in_node = 0.0
@@ -348,7 +349,8 @@ def _metrics_of(placement: np.ndarray, weights: np.ndarray, topo: Topology, toke
 
     def route(layers: np.ndarray) -> None:
         _route_model(placement, slots, weights, tokens, topo.link_cost, topo.level,
-                     layout.node_id, layout.domain_id, level_cost, code == NEAREST, layers,
+                     layout.node_id, layout.domain_id, layout.node_of_domain, level_cost,
+                     code == NEAREST, layers,
                      rank_loads, cost, level_tokens)
         if table is not None:
             _routing_table_model(placement, slots, weights.shape[1], topo.link_cost, layers,

@@ -65,11 +65,12 @@ def source_row(tokens, s):
 
 
 @njit(cache=True, nogil=True)
-def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
+def group_sums(tokens, domain_id, node_of_domain, node_sum, domain_sum, total):
     """Each expert's tokens (tokens float64 [G, E], one layer, or [1, E]: every source sends
     that row, see ``plumb.locality.traffic.source_traffic``) summed over the sources of each
     node (node_sum [nodes, E]), of each NUMA domain (domain_sum [domains, E]) and over all
-    sources (total [E]); outputs overwritten.
+    sources (total [E]); outputs overwritten. domain_id int64 [G] and node_of_domain int64
+    [domains]: the ``LevelLayout``'s.
 
     Ranks into domains, domains into their nodes, nodes into the total: each level adds up
     the rows of the one below (a domain lies in one node), over contiguous rows.
@@ -78,9 +79,7 @@ def group_sums(tokens, node_id, domain_id, node_sum, domain_sum, total):
     node_sum[:] = 0.0
     domain_sum[:] = 0.0
     total[:] = 0.0
-    node_of_domain = np.empty(domain_sum.shape[0], dtype=np.int64)
-    for s in range(node_id.shape[0]):
-        node_of_domain[domain_id[s]] = node_id[s]
+    for s in range(domain_id.shape[0]):
         row = tokens[source_row(tokens, s)]
         out = domain_sum[domain_id[s]]
         for e in range(num_experts):
@@ -139,21 +138,22 @@ def level_token_cost(levels, rows, out):
 
 
 @njit(cache=True, nogil=True)
-def level_group_means(levels, group_of_domain, domain_size, node_of_domain, group_size, out):
+def level_group_means(levels, group_of_domain, domain_size, node_of_domain, group_size, sums,
+                      out):
     """out[e, k] (float64 [E, groups]): the mean of ``level_cost_at(levels, e, g)`` over the
     ranks g of group k, for groups that are unions of whole NUMA domains (nodes, or the
     domains themselves): from the sums alone, O(E domains) instead of O(E G).
 
     group_of_domain: int64 [domains], each domain's group (-1: none); domain_size: int64
-    [domains], its ranks; node_of_domain: int64 [domains]; group_size: ranks per group.
+    [domains], its ranks; node_of_domain: int64 [domains]; group_size: ranks per group;
+    sums: float64 [3, groups, E] scratch.
     """
     _, _, _, level_cost, node_sum, domain_sum, total = levels
     num_experts, groups = out.shape
     # Over a group's ranks: own tokens add up to its domains' sums; each rank sees its
     # domain's and its node's sums.
-    own = np.zeros((groups, num_experts), dtype=np.float64)
-    domain = np.zeros((groups, num_experts), dtype=np.float64)
-    node = np.zeros((groups, num_experts), dtype=np.float64)
+    sums[:] = 0.0
+    own, domain, node = sums[0], sums[1], sums[2]
     for d in range(domain_sum.shape[0]):
         k = group_of_domain[d]
         if k < 0:

@@ -554,13 +554,15 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
     node_sum = np.empty((node_id.max() + 1, level_experts), dtype=np.float64)
     domain_sum = np.empty((domain_id.max() + 1, level_experts), dtype=np.float64)
     cluster_sum = np.empty(level_experts, dtype=np.float64)
+    group_scratch = np.empty((3, group_ranks.shape[0], level_experts), dtype=np.float64)
     for layer in layers:
         row = phy2log[layer]
         w = weights[layer]
         levels = (tokens[layer], node_id, domain_id, level_cost, node_sum, domain_sum,
                   cluster_sum)
         if by_level:
-            group_sums(tokens[layer], node_id, domain_id, node_sum, domain_sum, cluster_sum)
+            group_sums(tokens[layer], domain_id, node_of_domain, node_sum, domain_sum,
+                       cluster_sum)
         # Replica counts stay fixed through the pass.
         _, cnt = replica_lists(row, num_experts)
         most = cnt.max()
@@ -591,7 +593,7 @@ def _refine_model(phy2log, slots, weights, tokens, cost, level, token_cost, node
         if repackable:
             if by_level:
                 level_group_means(levels, group_of_domain, domain_size, node_of_domain,
-                                  group_ranks.shape[1], pref)
+                                  group_ranks.shape[1], group_scratch, pref)
             else:
                 node_means(layer_cost, group_ranks, pref)
             if routed:

@@ -356,7 +356,7 @@ def _hierarchical_bounds_kept(phy2log: np.ndarray, bound: np.ndarray, weights: n
     others = np.flatnonzero(~within)
     global_bound = np.empty(others.shape[0])
     layer_lower_bounds(np.ascontiguousarray(weights[others]), phy2log.shape[1],
-                       np.array(topo.rank_speed, dtype=np.float64), global_bound)
+                       kernel_topology(topo)[1], global_bound)
     bound = bound.copy()
     bound[others] = global_bound
     return bound
