@@ -54,7 +54,7 @@ def _entry_points():
     from plumb.locality import dispatch, refine
     from plumb.solver import model
 
-    return [model.solve_layers, model._solve_serial, model._results, refine._refine_model,
+    return [model.solve_layers, model._solve_serial, model.summarize, refine._refine_model,
             dispatch._route_model, dispatch._routing_table_model]
 
 

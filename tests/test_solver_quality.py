@@ -60,3 +60,35 @@ def test_every_layer_at_least_as_balanced_as_deepseek_global(num_ranks, experts_
     ours = plumb.solve(loads, num_ranks, **kwargs)
     theirs = plumb.solve(loads, num_ranks, policy="deepseek", **kwargs)
     assert (ours.metrics.max_load <= theirs.metrics.max_load * (1 + 1e-12)).all()
+
+
+def _best_pairing_max(weights: np.ndarray) -> float:
+    """The smallest possible max pair sum over every way to split ``weights`` (even length)
+    into pairs, by enumeration."""
+    if weights.size == 0:
+        return 0.0
+    first, rest = weights[0], weights[1:]
+    return min(max(first + rest[i], _best_pairing_max(np.delete(rest, i)))
+               for i in range(rest.size))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 2**31 - 1), st.sampled_from([0.5, 1.5, 3.0]))
+def test_two_slots_per_rank_is_optimal(num_ranks, seed, sigma):
+    """P == E == 2G on ranks of equal speed: the packing's max is the best of all pairings
+    (every layer, integer loads with ties included)."""
+    rng = np.random.default_rng(seed)
+    loads = np.round(rng.lognormal(0.0, sigma, (3, 2 * num_ranks)) * 4)
+    placement = plumb.solve(loads, num_ranks)
+    for layer in range(3):
+        assert placement.metrics.max_load[layer] == _best_pairing_max(loads[layer])
+        assert placement.metrics.lb_gap[layer] == 0.0
+
+
+def test_two_slots_per_rank_on_unequal_speeds_are_not_paired_by_weight():
+    """Pairing heaviest with lightest is optimal only on equal speeds: on a rank twice as
+    fast, the two heavy experts together (19 / 2) beat 10 + 1 and 9 + 1 (max 10)."""
+    topo = plumb.Topology.flat(2, rank_speed=[2.0, 1.0])
+    placement = plumb.solve([10.0, 9.0, 1.0, 1.0], topo)
+    assert placement.metrics.max_load[0] == pytest.approx(9.5)
+    assert sorted(placement.phy2log[0, :2]) == [0, 1]

@@ -203,6 +203,8 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
     enough = max(ideal * (1.0 + 1e-9), floor)
     if n == bins * slots:
         counts[:] = 1
+        if prepared and slots == 2 and _equal(speed):
+            return _pair_extremes(weights, iscratch[ORDER, :n], slot_e, slot_w, load, speed)
         if prepared:
             expand_items(weights, counts, iscratch[ORDER, :n], item_w, item_e)
         else:
@@ -229,6 +231,36 @@ def place(weights, caps, speed, allow_dup, counts, slot_e, slot_w, load, has, st
                                 recount, stack_caps, constrained or caps_bind, caps_bind,
                                 item_w, item_e, partners, enough, fscratch, iscratch)
     return top
+
+
+@kernel
+def _equal(speed):
+    """Whether every rank of ``speed`` (float64 [bins]) has the same speed."""
+    for r in range(1, speed.shape[0]):
+        if speed[r] != speed[0]:
+            return False
+    return True
+
+
+@kernel
+def _pair_extremes(weights, order, slot_e, slot_w, load, speed):
+    """The optimal packing of ``2 * bins`` experts, one replica each, two per rank on ranks
+    of equal speed: rank r gets the r-th heaviest and the r-th lightest (``order`` int64 [n]:
+    experts by descending weight). Any packing puts some rank's pair at least
+    ``max_r w_(r) + w_(n-1-r)`` (:func:`plumb.solver.bounds.cardinality_bound`'s pairing
+    bound for two slots), so neither LPT nor a swap search can do better; this skips both.
+    Fills ``slot_e`` / ``slot_w`` [bins, 2] (lighter slot first, as LPT fills them) and
+    ``load``; returns the largest ``load / speed``."""
+    n = order.shape[0]
+    for r in range(slot_e.shape[0]):
+        heavy = order[r]
+        light = order[n - 1 - r]
+        slot_e[r, 0] = light
+        slot_w[r, 0] = weights[light]
+        slot_e[r, 1] = heavy
+        slot_w[r, 1] = weights[heavy]
+        load[r] = weights[heavy] + weights[light]
+    return time_max(load, speed)
 
 
 @kernel
