@@ -2,6 +2,7 @@
 
     python benchmarks/profile_kernels.py solve dsv3-prefill
     python benchmarks/profile_kernels.py locality 4 nearest --seconds 20
+    python benchmarks/profile_kernels.py locality 4 even --no-redundancy
 
 Compiles everything afresh (an empty NUMBA_CACHE_DIR: cached kernels carry no names), writes
 the perf symbol map (plumb.bench.perf_map), samples this process with ``perf record`` while it
@@ -39,14 +40,14 @@ def _solve_case(shape_name: str):
                                num_groups=shp.num_groups, hierarchy=shp.hierarchy)
 
 
-def _locality_case(nodes: int, dispatch: str):
+def _locality_case(nodes: int, dispatch: str, redundant: bool):
     from plumb.bench.topology import Scenario, make_traffic
 
-    scenario = Scenario(nodes, "skewed", True, dispatch)
+    scenario = Scenario(nodes, "skewed", redundant, dispatch)
     topo = scenario.topology
     loads, traffic = make_traffic(topo, 16, "skewed", seed=nodes)
-    return lambda: plumb.solve(loads, topo, num_redundant=topo.num_ranks, traffic=traffic,
-                               dispatch=dispatch)
+    return lambda: plumb.solve(loads, topo, num_redundant=topo.num_ranks if redundant else 0,
+                               traffic=traffic, dispatch=dispatch)
 
 
 def _entry_points():
@@ -78,12 +79,14 @@ def main() -> int:
                            help="the topology bench's skewed scenario with traffic")
     local.add_argument("nodes", type=int, choices=(2, 4))
     local.add_argument("dispatch", choices=("even", "nearest"))
+    local.add_argument("--no-redundancy", action="store_true",
+                       help="one replica per expert (default: G redundant replicas)")
     try:
         args = parser.parse_args()
         if shutil.which("perf") is None:
             parser.error("perf is not installed")
         run = _solve_case(args.shape) if args.case == "solve" else \
-            _locality_case(args.nodes, args.dispatch)
+            _locality_case(args.nodes, args.dispatch, not args.no_redundancy)
         return _profile(run, args.seconds, args.top)
     finally:
         shutil.rmtree(_CACHE, ignore_errors=True)
