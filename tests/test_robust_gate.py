@@ -154,11 +154,21 @@ def test_gate_false_positive_rate_on_pure_noise_with_few_steps():
 def test_idle_held_out_steps_do_not_count_as_savings():
     # One loaded held-out step, on which the proposal is 95% worse, and three idle ones: a
     # resample of idle steps only has no saving to measure (it had counted as +100%).
+    # The proposal (fitted on the fit steps alone) pairs each hot expert with a cold one; the
+    # loaded step is hot on the two experts it puts on rank 0, whichever tie it broke.
     fit = np.array([[[40.0, 40, 1, 1]]] * 4)
     held = np.zeros((4, 1, 4))
     held[0, 0] = [40, 1, 40, 1]
-    decision = plumb.recommend(np.array([[0, 1, 2, 3]]), np.concatenate([fit, held]), 2,
+
+    def decide():
+        return plumb.recommend(np.array([[0, 1, 2, 3]]), np.concatenate([fit, held]), 2,
                                bytes_per_expert=10 ** 6, step_time_s=0.01)
+
+    together = decide().proposed.phy2log[0, :2]
+    assert sorted(together) not in ([0, 1], [2, 3])
+    held[0, 0] = 1.0
+    held[0, 0, together] = 40.0
+    decision = decide()
     assert decision.saving_fraction == pytest.approx(-39 / 41)
     assert decision.saving_ci[1] == pytest.approx(-39 / 41) and decision.saving_low < 0
     assert not decision.apply
