@@ -263,3 +263,30 @@ def test_group_sums_add_up_sources_per_domain_node_and_all():
         assert np.allclose(domain_sum[d], tokens[layout.domain_id == d].sum(axis=0))
     assert np.allclose(total, tokens.sum(axis=0))
     assert layout.level_cost is not None
+
+
+@pytest.mark.parametrize("dispatch", ["even", "nearest"])
+def test_threaded_traffic_metrics_equal_the_serial_ones(dispatch):
+    """Layers scored on several threads give the same numbers and routing table as on one,
+    at a size where both dispatch models split their layers (even dispatch counts a third of
+    the work per slot)."""
+    import plumb
+    from plumb.locality.dispatch import EVEN_SCORING_SHARE
+    from plumb.solver.threads import PARALLEL_MIN_WORK, thread_limit
+
+    topo = Topology.cluster(nodes=2, gpus_per_node=4, numa_per_node=2)
+    num_layers, num_experts = 128, 64
+    rng = np.random.default_rng(7)
+    traffic = rng.poisson(rng.lognormal(1.0, 1.0, (num_layers, 8, num_experts)))
+    loads = traffic.sum(axis=1)
+    placement = plumb.solve(loads, topo, num_redundant=32).phy2log
+    assert placement.size // EVEN_SCORING_SHARE >= PARALLEL_MIN_WORK
+    with thread_limit(1):
+        serial = traffic_metrics(placement, loads, topo, traffic, dispatch)
+    with thread_limit(3):
+        split = traffic_metrics(placement, loads, topo, traffic, dispatch)
+    for key, value in serial.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(split[key], value)
+        else:
+            assert split[key] == value
