@@ -289,3 +289,15 @@ def test_descending_order_is_a_stable_descending_sort(n, seed, kind):
     order = np.empty(n, dtype=np.int64)
     descending_order(values, order, np.empty(n + RADIX_COUNTS, dtype=np.int64))
     np.testing.assert_array_equal(order, np.argsort(-values, kind="stable"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0 + 2 ** -52, 3.0, np.inf]),
+                min_size=1, max_size=40))
+def test_first_lightest_is_the_first_smallest_time(times):
+    """The rank LPT picks: the smallest time, the lowest index among equal ones (ties and
+    +inf ranks included), as numpy's argmin."""
+    from plumb.solver.pack import first_lightest
+
+    keys = np.array(times, dtype=np.float64)
+    assert first_lightest(keys.view(np.int64)) == int(np.argmin(keys))
