@@ -6,7 +6,9 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 from ..io.atomic import atomic_write
 
@@ -22,6 +24,40 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> f
         samples.append(time.perf_counter() - start)
     samples.sort()
     return samples[len(samples) // 2]
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
+                        every: Optional[Dict[str, int]] = None) -> Dict[str, float]:
+    """Median seconds of each function, timed in rounds (one call of each per round).
+
+    Interleaving spreads machine noise evenly over the contenders, so that their ratios hold
+    up on a busy machine; the order is shuffled every round (seeded by the round: the same on
+    every run), so that no contender always runs right after the same one (after a call of
+    the same code, or of the cache-evicting numpy baseline). A rotation would not do: it
+    keeps every contender's successor, and with the baseline thinned to every k-th round of
+    k contenders it also fixed its place in the round. ``every[name] = k`` times that one
+    only every k-th round (at least 3 times in all). One untimed warm-up round first.
+    """
+    every = every or {}
+    rounds = {}
+    for name in fns:
+        chosen = set(range(0, repeats, every.get(name, 1)))
+        spare = [r for r in range(repeats) if r not in chosen]
+        chosen.update(spare[:max(0, min(3, repeats) - len(chosen))])
+        rounds[name] = chosen
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    order = list(fns.items())
+    for round_ in range(repeats):
+        shuffled = np.random.default_rng(round_).permutation(len(order))
+        for name, fn in (order[i] for i in shuffled):
+            if round_ not in rounds[name]:
+                continue
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -28,7 +28,7 @@ from numba import njit
 
 from .baselines import numpy_deepseek_rebalance
 from .options import nonnegative_int, positive_int, shape_names, sigma_list
-from .results import bench_command, markdown_table, write_section
+from .results import bench_command, interleaved_medians, markdown_table, write_section
 from .workloads import (ADVERSARIAL_KINDS, FEW_SLOTS, SHAPES, SIGMAS, Shape, adversarial,
                         make_loads, shape)
 
@@ -108,40 +108,6 @@ def _compare(shp: Shape, loads: np.ndarray, plumb_p, deepseek_p) -> Dict[str, fl
     return {"bal_plumb": float(bal_plumb.mean()), "bal_deepseek": float(bal_ds.mean()),
             "min_dbal": float((bal_plumb - bal_ds).min()), "mean_gap": float(gaps.mean()),
             "worst_gap": float(gaps.max())}
-
-
-def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int,
-                        every: Optional[Dict[str, int]] = None) -> Dict[str, float]:
-    """Median seconds of each function, timed in rounds (one call of each per round).
-
-    Interleaving spreads machine noise evenly over the contenders, so that their ratios hold
-    up on a busy machine; the order is shuffled every round (seeded by the round: the same on
-    every run), so that no contender always runs right after the same one (after a call of
-    the same code, or of the cache-evicting numpy baseline). A rotation would not do: it
-    keeps every contender's successor, and with the baseline thinned to every k-th round of
-    k contenders it also fixed its place in the round. ``every[name] = k`` times that one
-    only every k-th round (at least 3 times in all). One untimed warm-up round first.
-    """
-    every = every or {}
-    rounds = {}
-    for name in fns:
-        chosen = set(range(0, repeats, every.get(name, 1)))
-        spare = [r for r in range(repeats) if r not in chosen]
-        chosen.update(spare[:max(0, min(3, repeats) - len(chosen))])
-        rounds[name] = chosen
-    samples: Dict[str, List[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    order = list(fns.items())
-    for round_ in range(repeats):
-        shuffled = np.random.default_rng(round_).permutation(len(order))
-        for name, fn in (order[i] for i in shuffled):
-            if round_ not in rounds[name]:
-                continue
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def measure_case(shp: Shape, sigma: float, repeats: int, steps: int, seed: int,

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ..locality import traffic_metrics
 from ..topology import Topology
 from .options import positive_int
-from .results import markdown_table, median_seconds, write_section
+from .results import interleaved_medians, markdown_table, write_section
 
 NUM_EXPERTS = 256
 TOP_K = 8
@@ -87,16 +87,6 @@ def _score(phy2log, loads, topo, traffic, dispatch) -> Dict[str, float]:
             "layer_max": m["rank_loads"].max(axis=1)}
 
 
-def _interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> List[float]:
-    """Median wall seconds of each of ``fns``, timed in turn round after round, so that all
-    see the same machine load (a shared machine's load drifts between two separate runs)."""
-    samples: List[List[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for which, fn in enumerate(fns):
-            samples[which].append(median_seconds(fn, 1, warmup=0 if samples[which] else 2))
-    return [float(np.median(times)) for times in samples]
-
-
 @dataclass(frozen=True)
 class Outcome:
     """The numbers of one scenario that the issue's targets are judged on."""
@@ -139,11 +129,14 @@ def _run_scenario(sc: Scenario, num_layers: int, repeats: int) -> Tuple[List[obj
                for slack in SLACKS}
     # The DeepSeek policy with and without traffic: what validating the traffic and scoring
     # it (traffic metrics, routing table) cost without any locality pass.
-    t_base, t_local, t_ds, t_ds_traffic = _interleaved_medians(
-        [lambda: plumb.solve(loads, topo, **common), lambda: local(0.0),
-         lambda: plumb.solve(loads, topo, policy="deepseek", **common),
-         lambda: plumb.solve(loads, topo, policy="deepseek", traffic=traffic,
-                             dispatch=sc.dispatch, **common)], repeats)
+    times = interleaved_medians(
+        {"base": lambda: plumb.solve(loads, topo, **common), "local": lambda: local(0.0),
+         "deepseek": lambda: plumb.solve(loads, topo, policy="deepseek", **common),
+         "deepseek_traffic": lambda: plumb.solve(loads, topo, policy="deepseek",
+                                                 traffic=traffic, dispatch=sc.dispatch,
+                                                 **common)}, repeats)
+    t_base, t_local = times["base"], times["local"]
+    t_ds, t_ds_traffic = times["deepseek"], times["deepseek_traffic"]
     scoring = max(t_ds_traffic - t_ds, 0.0) / t_base
 
     def cut(value: float, reference: float) -> str:
@@ -233,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
         "traffic cost = tokens x link cost. Max load = sum over layers of the max rank load under the same dispatch "
         "model (ratio <= 1 means not worse). Cut = reduction of the cross-node share. Solve time "
         "ratio = plumb.solve with traffic (slack 0) / balance-only plumb.solve, medians of "
-        f"{repeats} runs timed in turn; of it (in balance-only solves), traffic scoring = "
+        f"{repeats} runs timed in shuffled rounds (plumb.bench.results.interleaved_medians); "
+        "of it (in balance-only solves), traffic scoring = "
         "policy='deepseek' with traffic minus without (validating the traffic, traffic "
         "metrics, routing table: what any solve given traffic pays), and the pass = the "
         "rest beyond the balancing itself (ratio - 1 - scoring).",

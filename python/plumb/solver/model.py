@@ -308,5 +308,6 @@ def solve_model(weights, caps, speed, node_ranks, num_groups, slots, try_global,
                                                try_global, try_hier, allow_dup_global,
                                                allow_dup_hier, stack_caps, layers, out),
                    num_layers, work)
-        summary = summarize(weights, speed, out[5], out[8])
+        _, _, _, _, _, max_load, _, _, gap = out
+        summary = summarize(weights, speed, max_load, gap)
     return Solved(*out, *summary)
