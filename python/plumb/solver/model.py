@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from .bounds import hierarchical_bound, layer_bound_with, replicated_bound
-from .jit import kernel
+from .jit import kernel, largest, total
 from .pack import descending_order, time_max
 from .mintree import tree_size
 from .place import place
@@ -151,11 +151,9 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
             With the hierarchical policy alone (``try_hier`` and not ``try_global``) the
             lower bound is over hierarchical placements (``hierarchical_bound`` too).
     """
-    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
     num_experts = weights.shape[1]
     bins = speed.shape[0]
-    num_slots = phy2log.shape[1]
-    slots = num_slots // bins
+    slots = out[0].shape[1] // bins
     # Each policy's solution of the current layer: replica counts, expert and load per slot,
     # rank loads.
     g_counts = np.empty(num_experts, dtype=np.int64)
@@ -168,14 +166,33 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
     fscratch, iscratch = workspace(num_experts, bins, slots)
     nodes, gpn = node_ranks.shape
     nw = node_workspace(num_experts, num_groups, nodes, gpn, slots)
-    total_speed = speed.sum()
     # Under caps of G everywhere the bound's water-filling is the global policy's: done once.
-    shared_fill = try_global and num_experts < num_slots <= num_experts * bins
+    shared_fill = try_global and num_experts < out[0].shape[1] <= num_experts * bins
     for e in range(num_experts):
         shared_fill = shared_fill and caps[e] == bins
-    size = tree_size(num_experts)
     # With one replica per expert the bound sorts the experts by weight, as the packing needs.
-    sorted_by_bound = num_slots == num_experts and num_experts > bins
+    sorted_by_bound = out[0].shape[1] == num_experts and num_experts > bins
+    policies = (caps, speed, node_ranks, num_groups, try_global, try_hier, allow_dup_global,
+                allow_dup_hier, stack_caps, shared_fill, sorted_by_bound)
+    solution = (g_counts, h_counts, g_e, h_e, g_w, h_w, g_load, h_load, has)
+    # The layers' work in a kernel: numba's runtime counts a reference on every row and
+    # scratch view a layer takes, two atomics each, which on a small model (Mixtral: 8
+    # experts on 4 ranks) were a fifth of the whole solve.
+    _solve_each(layers, weights, policies, solution, fscratch, iscratch, nw, out)
+
+
+@kernel
+def _solve_each(layers, weights, policies, solution, fscratch, iscratch, nw, out):
+    """:func:`solve_layers`' loop over ``layers`` (``policies``: its arguments from ``caps``
+    to ``stack_caps``, then whether the bound's water-filling is the global policy's and
+    whether the bound leaves the experts sorted; ``solution``: each policy's counts, slots
+    and rank loads of the layer; the rest scratch)."""
+    (caps, speed, node_ranks, num_groups, try_global, try_hier, allow_dup_global,
+     allow_dup_hier, stack_caps, shared_fill, sorted_by_bound) = policies
+    g_counts, h_counts, g_e, h_e, g_w, h_w, g_load, h_load, has = solution
+    phy2log, logcnt, rank_load, winner, candidate_max, max_load, bound, balancedness, gap = out
+    num_slots = phy2log.shape[1]
+    size = tree_size(weights.shape[1])
     # The caller asked for expert groups kept within nodes: placements of that kind bound it.
     hier_only = try_hier and not try_global
     for layer in layers:
@@ -201,7 +218,8 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
             if hier_only:
                 # From the group loads and node speeds the policy has just used.
                 bound[layer] = max(bound[layer], hierarchical_bound(
-                    w, caps, speed, nw.group_w, nw.node_speed, gpn, fscratch, iscratch))
+                    w, caps, speed, nw.group_w, nw.node_speed, node_ranks.shape[1], fscratch,
+                    iscratch))
         candidate_max[layer, GLOBAL] = top_global
         candidate_max[layer, HIERARCHICAL] = top_hier
         if top_hier <= top_global:
@@ -213,22 +231,23 @@ def solve_layers(weights, caps, speed, node_ranks, num_groups, try_global, try_h
             _write_layer(g_e, g_load, g_counts, phy2log[layer], logcnt[layer], rank_load[layer])
             top = top_global
         max_load[layer] = top
-        balancedness[layer] = w.sum() / total_speed / top if top > 0 else 1.0
+        balancedness[layer] = total(w) / total(speed) / top if top > 0 else 1.0
         # max_load >= bound mathematically; clip the last-ulp differences of summation order.
         gap[layer] = max(top / bound[layer] - 1.0, 0.0) if bound[layer] > 0 else 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def summarize(weights, speed, max_load, gap):
     """(model balancedness, mean lb_gap, largest lb_gap) from the per-layer results, summed in
     layer order (the same floats however the layers were split over threads)."""
-    total_speed = speed.sum()
+    total_speed = total(speed)
     ideal_sum = 0.0
     max_sum = 0.0
     for layer in range(weights.shape[0]):
-        ideal_sum += weights[layer].sum() / total_speed
+        ideal_sum += total(weights[layer]) / total_speed
         max_sum += max_load[layer]
-    return ideal_sum / max_sum if max_sum > 0 else 1.0, gap.mean(), gap.max()
+    return (ideal_sum / max_sum if max_sum > 0 else 1.0, total(gap) / gap.shape[0],
+            largest(gap))
 
 
 def _allocate(num_layers: int, num_experts: int, bins: int, slots: int) -> Tuple[np.ndarray, ...]:
