@@ -9,11 +9,17 @@ from __future__ import annotations
 import sys
 import types
 from importlib import import_module
+from pathlib import Path
 
-from .errors import PlumbError
-from .histogram import expert_histogram
-from .solver import Placement, evaluate, solve
-from .topology import Topology
+from .numba_cache import drop_stale_caches
+
+# Before any kernel is loaded from numba's cache (plumb.numba_cache says why).
+drop_stale_caches(Path(__file__).parent)
+
+from .errors import PlumbError  # noqa: E402
+from .histogram import expert_histogram  # noqa: E402
+from .solver import Placement, evaluate, solve  # noqa: E402
+from .topology import Topology  # noqa: E402
 
 # Imported on first use, to keep ``import plumb; plumb.solve(...)`` quick: name -> module.
 _LAZY_EXPORTS = {"plan_rearrangement": ".rearrange", "report": ".report",
