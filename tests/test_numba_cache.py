@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from plumb import numba_cache
-from plumb.numba_cache import STAMP_NAME, cache_dirs, drop_stale_caches, sources_digest
+from plumb.numba_cache import (STAMP_NAME, cache_dirs, drop_stale_caches, is_cached,
+                               sources_digest)
 
 
 def _package(root: Path, value: int) -> Path:
@@ -190,3 +191,31 @@ def test_numba_cache_dir_is_searched(tmp_path, monkeypatch):
     assert drop_stale_caches(package) == 5
     assert _cached(located) == []
     assert (located / STAMP_NAME).exists()
+
+
+def test_is_cached_sees_the_cache_files(tmp_path):
+    package = _fake_tree(tmp_path)
+    assert is_cached(package, "mod.kernel")
+    assert not is_cached(package, "mod.other")
+    drop_stale_caches(package)
+    assert not is_cached(package, "mod.kernel")
+
+
+def test_the_solver_entry_point_is_found_in_numba_s_real_cache():
+    """The name the CLI's compile notice looks for is the one numba writes."""
+    import numpy as np
+
+    import plumb
+
+    plumb.solve(np.arange(1.0, 17.0), 4, num_redundant=4)
+    assert is_cached(Path(plumb.__file__).parent / "solver", "model.solve_layers")
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_cli_announces_a_compile_only_when_the_cache_is_cold(monkeypatch, capsys, cached):
+    from plumb.cli import main
+
+    monkeypatch.setattr(numba_cache, "is_cached", lambda source_dir, function: cached)
+    assert main(["solve", "example", "--ranks", "8"]) == 0
+    err = capsys.readouterr().err
+    assert ("compiling the solver's kernels" in err) is not cached

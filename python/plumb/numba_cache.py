@@ -161,3 +161,13 @@ def _write_stamp(cache_dir: Path, fingerprint: str, content: str) -> None:
         os.replace(temporary, cache_dir / STAMP_NAME)
     except OSError:
         pass
+
+
+def is_cached(source_dir: Path, function: str) -> bool:
+    """Whether numba holds a cached compilation of ``function`` (``"module.qualname"`` of a
+    module in ``source_dir``, e.g. ``"model.solve_layers"``) in any of its cache directories:
+    False means the next call compiles it (and everything it calls) first."""
+    for cache_dir in cache_dirs(Path(source_dir)):
+        if cache_dir.is_dir() and any(cache_dir.glob(f"{function}-*.nbi")):
+            return True
+    return False
