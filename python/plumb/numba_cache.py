@@ -8,6 +8,10 @@ that leaves ``model.py`` byte-identical) would leave ``solve_layers`` running th
 from its cache, silently. :func:`drop_stale_caches` runs when ``plumb`` is imported, before any
 kernel is loaded: it hashes the package's sources and, in every place numba may keep the
 cache of a plumb module, deletes the cached kernels written for other sources.
+
+Not covered: a process that imported plumb before its sources changed and compiles a kernel
+afterwards writes it (old code) into a directory already stamped for the new sources. Restart
+long-running processes after an upgrade, as for any Python package.
 """
 
 from __future__ import annotations
