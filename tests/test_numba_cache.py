@@ -219,3 +219,25 @@ def test_cli_announces_a_compile_only_when_the_cache_is_cold(monkeypatch, capsys
     assert main(["solve", "example", "--ranks", "8"]) == 0
     err = capsys.readouterr().err
     assert ("compiling the solver's kernels" in err) is not cached
+
+
+def test_a_numba_without_the_cache_locator_only_warns(tmp_path, monkeypatch):
+    """numba's cache locator is private API: if a release moves it, import plumb still works."""
+    import numba.core.caching
+
+    package = _fake_tree(tmp_path)
+    monkeypatch.delattr(numba.core.caching, "_CacheLocator")
+    with pytest.warns(RuntimeWarning, match="cannot locate numba's cache"):
+        assert drop_stale_caches(package) == 0
+    assert _cached(package / "__pycache__") == ["mod.kernel-3.py311.1.nbc",
+                                                "mod.kernel-3.py311.nbi"]
+
+
+def test_cli_runs_without_the_cache_locator(monkeypatch, capsys):
+    import numba.core.caching
+
+    from plumb.cli import main
+
+    monkeypatch.delattr(numba.core.caching, "_CacheLocator")
+    assert main(["solve", "example", "--ranks", "8"]) == 0
+    assert "compiling" not in capsys.readouterr().err

@@ -20,12 +20,11 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import List, Tuple
 
 from numba.core import config
-from numba.core.caching import _CacheLocator
-from numba.misc.appdirs import AppDirs
 
 # Written into each cache directory: the stat fingerprint and the content digest of the
 # sources its cached kernels were compiled from.
@@ -87,9 +86,14 @@ def _stat_fingerprint(sources: List[Source]) -> str:
 def cache_dirs(source_dir: Path) -> List[Path]:
     """The directories numba may cache the functions of ``source_dir``'s modules in, as its
     cache locators choose them: ``NUMBA_CACHE_DIR`` when set, the ``__pycache__`` beside
-    the sources, the user-wide numba cache (ordered as numba tries them)."""
-    module = str(source_dir / "__init__.py")
-    subpath = _CacheLocator.get_suitable_cache_subpath(module)
+    the sources, the user-wide numba cache (ordered as numba tries them).
+
+    Raises ImportError / AttributeError if numba's cache locator (private API) moved."""
+    # numba offers no public way to ask where it caches a module; these are its own helpers.
+    from numba.core.caching import _CacheLocator
+    from numba.misc.appdirs import AppDirs
+
+    subpath = _CacheLocator.get_suitable_cache_subpath(str(source_dir / "__init__.py"))
     dirs = []
     if config.CACHE_DIR:
         dirs.append(Path(config.CACHE_DIR) / subpath)
@@ -111,6 +115,15 @@ def drop_stale_caches(package_dir: Path) -> int:
     file another process removed first) are skipped: numba recompiles what it cannot load.
     """
     package_dir = Path(package_dir)
+    try:
+        cache_dirs(package_dir)
+    except (ImportError, AttributeError) as err:
+        # A numba release that moved its cache locator must not break ``import plumb``.
+        warnings.warn(f"plumb cannot locate numba's cache with this numba ({err}): cached "
+                      "kernels are not checked against plumb's sources; after changing "
+                      "them, delete the *.nbi / *.nbc files of numba's cache",
+                      RuntimeWarning, stacklevel=2)
+        return 0
     sources = package_sources(package_dir)
     fingerprint = _stat_fingerprint(sources)
     content = None
@@ -170,7 +183,8 @@ def _write_stamp(cache_dir: Path, fingerprint: str, content: str) -> None:
 def is_cached(source_dir: Path, function: str) -> bool:
     """Whether numba holds a cached compilation of ``function`` (``"module.qualname"`` of a
     module in ``source_dir``, e.g. ``"model.solve_layers"``) in any of its cache directories:
-    False means the next call compiles it (and everything it calls) first."""
+    False means the next call compiles it (and everything it calls) first. Raises as
+    :func:`cache_dirs` does."""
     for cache_dir in cache_dirs(Path(source_dir)):
         if cache_dir.is_dir() and any(cache_dir.glob(f"{function}-*.nbi")):
             return True

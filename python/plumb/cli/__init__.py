@@ -59,7 +59,12 @@ def _announce_compile() -> None:
     from ..numba_cache import is_cached
 
     solver_dir = Path(__file__).resolve().parents[1] / "solver"
-    if not is_cached(solver_dir, "model.solve_layers"):
+    try:
+        cached = is_cached(solver_dir, "model.solve_layers")
+    except (ImportError, AttributeError):
+        # A numba that moved its cache locator (plumb.numba_cache warned at import).
+        return
+    if not cached:
         print("plumb: compiling the solver's kernels into numba's cache (first run on this "
               "machine or after an upgrade: about 0.5-3 minutes, once; later runs load them "
               "in about a second)", file=sys.stderr, flush=True)
