@@ -22,7 +22,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 from numba.core import config
 
@@ -89,16 +89,29 @@ def cache_dirs(source_dir: Path) -> List[Path]:
     the sources, the user-wide numba cache (ordered as numba tries them).
 
     Raises ImportError / AttributeError if numba's cache locator (private API) moved."""
-    # numba offers no public way to ask where it caches a module; these are its own helpers.
+    return _cache_dirs(Path(source_dir), *_numba_locator())
+
+
+def _numba_locator() -> Tuple[Callable[[str], str], Path]:
+    """numba's own helpers for where it caches a module (numba offers no public way to ask):
+    the function naming a module's cache subdirectory, and the user-wide cache root.
+    Raises ImportError / AttributeError if a numba release moved them."""
     from numba.core.caching import _CacheLocator
     from numba.misc.appdirs import AppDirs
 
-    subpath = _CacheLocator.get_suitable_cache_subpath(str(source_dir / "__init__.py"))
+    return (_CacheLocator.get_suitable_cache_subpath,
+            Path(AppDirs(appname="numba", appauthor=False).user_cache_dir))
+
+
+def _cache_dirs(source_dir: Path, subpath_of: Callable[[str], str],
+                user_root: Path) -> List[Path]:
+    """:func:`cache_dirs` with numba's locator helpers (:func:`_numba_locator`) given."""
+    subpath = subpath_of(str(source_dir / "__init__.py"))
     dirs = []
     if config.CACHE_DIR:
         dirs.append(Path(config.CACHE_DIR) / subpath)
     dirs.append(source_dir / "__pycache__")
-    dirs.append(Path(AppDirs(appname="numba", appauthor=False).user_cache_dir) / subpath)
+    dirs.append(user_root / subpath)
     return dirs
 
 
@@ -116,7 +129,7 @@ def drop_stale_caches(package_dir: Path) -> int:
     """
     package_dir = Path(package_dir)
     try:
-        cache_dirs(package_dir)
+        locator = _numba_locator()
     except (ImportError, AttributeError) as err:
         # A numba release that moved its cache locator must not break ``import plumb``.
         warnings.warn(f"plumb cannot locate numba's cache with this numba ({err}): cached "
@@ -130,7 +143,7 @@ def drop_stale_caches(package_dir: Path) -> int:
     deleted = 0
     source_dirs = sorted({os.path.dirname(path) for _, path in sources})
     for source_dir in source_dirs:
-        for cache_dir in cache_dirs(Path(source_dir)):
+        for cache_dir in _cache_dirs(Path(source_dir), *locator):
             if not cache_dir.is_dir():
                 continue
             stamped_fingerprint, stamped_content = _read_stamp(cache_dir)
@@ -173,11 +186,18 @@ def _write_stamp(cache_dir: Path, fingerprint: str, content: str) -> None:
     (empty) fingerprint is written as ``-``, which no fingerprint equals."""
     try:
         handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=STAMP_NAME)
+    except OSError:
+        return
+    try:
         with os.fdopen(handle, "w") as stamp:
             stamp.write(f"{fingerprint or '-'} {content}\n")
         os.replace(temporary, cache_dir / STAMP_NAME)
     except OSError:
-        pass
+        # Leave no temporary file behind in numba's cache directory.
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 def is_cached(source_dir: Path, function: str) -> bool:
