@@ -167,6 +167,18 @@ def test_a_fresh_edit_of_the_same_size_is_seen(tmp_path):
     assert drop_stale_caches(package) == 1
 
 
+def test_a_current_stamp_is_not_rewritten_within_the_racy_window(tmp_path):
+    """Fresh sources are hashed on every import, but a stamp that already says the same is
+    left as it is (no write per cache directory per import)."""
+    package = _fake_tree(tmp_path)
+    drop_stale_caches(package)
+    stamp = package / "__pycache__" / STAMP_NAME
+    assert stamp.read_text().split()[0] == "-"
+    inode = os.stat(stamp).st_ino
+    assert drop_stale_caches(package) == 0
+    assert os.stat(stamp).st_ino == inode
+
+
 @pytest.mark.parametrize("change", ["edit", "add", "remove"])
 def test_digest_follows_every_source(tmp_path, change):
     package = _fake_tree(tmp_path)

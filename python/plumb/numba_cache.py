@@ -35,6 +35,8 @@ _CACHE_SUFFIXES = (".nbi", ".nbc")
 # timestamp granularity without its stat changing, so its fingerprint is not trusted (the
 # "racy git" problem): the next import hashes the contents instead.
 _RACY_WINDOW_S = 2.0
+# The stamp's fingerprint field for an untrusted (empty) fingerprint: no fingerprint equals it.
+_UNTRUSTED = "-"
 
 # (path relative to the package, absolute path) of one source file.
 Source = Tuple[str, str]
@@ -153,7 +155,9 @@ def drop_stale_caches(package_dir: Path) -> int:
                 content = _content_digest(sources)
             if stamped_content != content:
                 deleted += _delete_cached(cache_dir)
-            _write_stamp(cache_dir, fingerprint, content)
+            # Within the racy window every import gets here: rewrite only a stamp that differs.
+            if (stamped_fingerprint, stamped_content) != (fingerprint or _UNTRUSTED, content):
+                _write_stamp(cache_dir, fingerprint, content)
     return deleted
 
 
@@ -183,14 +187,14 @@ def _delete_cached(cache_dir: Path) -> int:
 def _write_stamp(cache_dir: Path, fingerprint: str, content: str) -> None:
     """Writes the stamp through a temporary file and a rename, so that a process reading it
     concurrently sees the old stamp or the new one, never a partial one. An untrusted
-    (empty) fingerprint is written as ``-``, which no fingerprint equals."""
+    (empty) fingerprint is written as ``_UNTRUSTED``."""
     try:
         handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=STAMP_NAME)
     except OSError:
         return
     try:
         with os.fdopen(handle, "w") as stamp:
-            stamp.write(f"{fingerprint or '-'} {content}\n")
+            stamp.write(f"{fingerprint or _UNTRUSTED} {content}\n")
         os.replace(temporary, cache_dir / STAMP_NAME)
     except OSError:
         # Leave no temporary file behind in numba's cache directory.
