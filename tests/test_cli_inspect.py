@@ -63,3 +63,18 @@ def test_errors_exit_2_with_one_line(tmp_path):
                              "holds negative counts\n")
     result = run(tmp_path / "loads.csv", "--steps", "x")
     assert result.returncode == 2 and "--steps must be START:STOP" in result.stderr
+
+
+def test_example_names_the_bundled_statistics_unless_a_file_is_called_that(tmp_path):
+    bundled = subprocess.run([PLUMB, "inspect", "example"], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+    assert bundled.returncode == 0, bundled.stderr
+    assert "example_stats.jsonl (vllm)" in bundled.stdout
+    assert "layers    16" in bundled.stdout and "steps     32 (ids 1..32)" in bundled.stdout
+    # A file of that name in the working directory is what the user means.
+    np.save(tmp_path / "loads.npy", np.ones((3, 5)))
+    (tmp_path / "loads.npy").rename(tmp_path / "example")
+    local = subprocess.run([PLUMB, "inspect", "example", "--input-format", "npy"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    assert "layers    3" in local.stdout and "experts   5" in local.stdout

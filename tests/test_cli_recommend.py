@@ -87,3 +87,10 @@ def test_written_yaml_keeps_the_model_layer_ids(tmp_path):
     config = yaml.safe_load(out.read_text())
     assert sorted(config["initial_global_assignments"]) == [3, 9]  # were rewritten as 0, 1
     assert read_placement(out).shape == (2, 12)
+
+
+def test_gate_on_the_bundled_example_against_its_recorded_layout():
+    # The example is recorded under the start-up layout on 8 ranks, with skewed experts.
+    done = run("example", "--bytes-per-expert", 1000000, "--step-time-ms", 30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("apply the proposed placement")

@@ -125,3 +125,12 @@ def test_report_reads_vllm_jsonl_and_the_placement_it_was_recorded_under(tmp_pat
     placements = payload_of(out)["placements"]
     assert placements[0]["source"] != "placement recorded in eplb.jsonl"
     assert unpack_array(placements[-1]["phy2log"]).shape == (3, 10)
+
+
+def test_report_on_the_bundled_example(tmp_path):
+    out = tmp_path / "report.html"
+    result = run("example", "--ranks", 8, "--redundant", 8, "-o", out)
+    assert result.returncode == 0, result.stderr
+    payload = payload_of(out)
+    assert payload["title"] == "example_stats.jsonl"
+    assert payload["shape"] == {"layers": 16, "experts": 64, "ranks": 8, "steps": 32}

@@ -12,6 +12,19 @@ import numpy as np
 # Inputs at least this large (bytes, all files of a directory) get a progress bar in "auto".
 LARGE_INPUT_BYTES = 32 << 20
 _BAR_WIDTH = 30
+# INPUT naming the statistics bundled with plumb (plumb.data), in every command that reads them.
+EXAMPLE = "example"
+EXAMPLE_HELP = f"or '{EXAMPLE}' for the bundled example"
+
+
+def input_path(text: str) -> Path:
+    """The argparse type of INPUT: the path given, or the bundled example statistics for
+    ``example`` (unless the working directory holds a file of that name)."""
+    if text == EXAMPLE and not Path(EXAMPLE).exists():
+        from ..data import example_stats_path
+
+        return example_stats_path()
+    return Path(text)
 
 
 class ProgressBar:
@@ -98,8 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and per layer the tokens and the expert imbalance (max / mean tokens per "
                     "expert). Reads vLLM stats JSONL, SGLang .pt/.json, TensorRT-LLM "
                     "expert_statistic directories, plumb .npz, .npy and .csv.",
-        epilog="example: plumb inspect stats.jsonl --steps 100:200")
-    parser.add_argument("input", type=Path, help="statistics file or directory")
+        epilog=f"examples: plumb inspect stats.jsonl --steps 100:200; plumb inspect {EXAMPLE}")
+    parser.add_argument("input", type=input_path,
+                        help=f"statistics file or directory, {EXAMPLE_HELP}")
     add_input_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .inspect import add_input_arguments, layer_ids_of, read_input
+from .inspect import EXAMPLE_HELP, add_input_arguments, input_path, layer_ids_of, read_input
 from .topology_args import add_topology_arguments, topology_from_args
 
 
@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "TensorRT-LLM directory, plumb .npz or .npy [T, L, E].",
         epilog="example: plumb recommend stats.jsonl --current mapping.jsonl --ranks 8 "
                "--bytes-per-expert 9437184 --step-time-ms 30 -o new.jsonl")
-    parser.add_argument("input", type=Path, help="statistics file or directory with steps")
+    parser.add_argument("input", type=input_path,
+                        help=f"statistics file or directory with steps, {EXAMPLE_HELP}")
     add_input_arguments(parser)
     parser.add_argument("--current", type=Path, metavar="OLD",
                         help="current placement (any placement format; default: the one "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..topology import as_topology
+from .inspect import EXAMPLE_HELP, input_path
 from .topology_args import add_topology_arguments, recorded_placement, topology_from_args
 
 
@@ -21,9 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "under (vLLM p2l_map, plumb .npz placement), else the engines' start-up "
                     "layout (slot p holds expert p mod E).",
         epilog="example: plumb report stats.npz --ranks 32 --nodes 4 --redundant 32 -o report.html")
-    parser.add_argument("input", type=Path,
+    parser.add_argument("input", type=input_path,
                         help="load statistics in any format plumb reads (plumb .npz, vLLM "
-                             "JSONL, SGLang .pt/.json, TensorRT-LLM directory, .npy/.csv)")
+                             "JSONL, SGLang .pt/.json, TensorRT-LLM directory, .npy/.csv), "
+                             f"{EXAMPLE_HELP}")
     parser.add_argument("--placement", type=Path, metavar="P",
                         help="proposed placement, any placement format plumb reads "
                              "(default: plumb solves)")

@@ -10,11 +10,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import InputError
-from .inspect import add_input_arguments, expert_skew, layer_ids_of, read_input
+from .inspect import (EXAMPLE, add_input_arguments, expert_skew, input_path, layer_ids_of,
+                      read_input)
 from .topology_args import (add_topology_arguments, positive_meta, recorded_placement,
                             topology_from_args)
-
-EXAMPLE = "example"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(physical_to_logical_map)\n"
                     "  trtllm .yaml (moe_load_balancer)     plumb .npz    npy .npy (phy2log)",
         epilog=f"example: plumb solve {EXAMPLE} --ranks 8 --redundant 8 -o mapping.jsonl")
-    parser.add_argument("input", help=f"statistics file or directory, or '{EXAMPLE}'")
+    parser.add_argument("input", type=input_path,
+                        help=f"statistics file or directory, or '{EXAMPLE}'")
     add_input_arguments(parser)
     add_topology_arguments(parser)
     parser.add_argument("--redundant", type=int, metavar="R",
@@ -73,11 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format is not None and args.output is None:
         raise InputError("--format needs -o OUT (where to write the placement)")
-    if args.input == EXAMPLE and not Path(EXAMPLE).exists():
-        from ..data import example_stats_path
-
-        args.input = example_stats_path()
-    args.input = Path(args.input)
     stats = read_input(args)
     meta = stats.meta
     weights = stats.aggregated_loads()
