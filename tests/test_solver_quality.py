@@ -92,3 +92,25 @@ def test_two_slots_per_rank_on_unequal_speeds_are_not_paired_by_weight():
     placement = plumb.solve([10.0, 9.0, 1.0, 1.0], topo)
     assert placement.metrics.max_load[0] == pytest.approx(9.5)
     assert sorted(placement.phy2log[0, :2]) == [0, 1]
+
+
+def test_few_slots_cut_hot_experts_coarser_and_split_light_ones_as_fillers():
+    # Water-filling gives each hot expert 3 replicas: 6 heavy pieces on 4 ranks, so two ranks
+    # hold two of them (DeepSeek's packing, and plumb's before target counts: 1618.7).
+    # Two replicas each, the two lightest experts split into fillers, pack within 1% of ideal.
+    loads = np.array([[2565.0, 2279.0, 83.0, 73.0, 67.0, 49.0, 30.0, 4.0]])
+    p = plumb.solve(loads, 4, num_redundant=4)
+    deepseek = plumb.solve(loads, 4, num_redundant=4, policy="deepseek")
+    assert deepseek.metrics.max_load[0] > 1618.0
+    assert p.metrics.max_load[0] == pytest.approx(1299.5)
+    assert p.logcnt[0].tolist() == [2, 2, 1, 1, 1, 1, 2, 2]
+
+
+def test_hot_group_on_one_node_packs_near_its_bound():
+    # A DeepSeek-V3 prefill layer whose two hottest experts (131k and 119k tokens) share a
+    # group: their node's water-filled 5 + 5 replicas put two heavy pieces on two of its 8
+    # ranks, 11% above the hierarchical bound; 5 + 3 replicas pack within 0.2% of it.
+    loads = make_loads("dsv3-prefill", 1.5)[41:42]
+    topo = plumb.Topology.cluster(nodes=4, gpus_per_node=8)
+    p = plumb.solve(loads, topo, num_redundant=32, num_groups=8, hierarchy="hierarchical")
+    assert p.metrics.lb_gap[0] < 2e-3
