@@ -24,7 +24,7 @@ from _golden_cases import digests
 PINNED = {
     "auto": "e63d3ab7f38b2def",
     "deepseek": "131f1fc420829f1e",
-    "few-slots": "c5795f8c48af9823",
+    "few-slots": "7c760278fcb20f3b",
     "global": "781271e27704ecba",
     "hierarchical": "d94c501a6ec6ef05",
     "locality-even": "21f3889da3b6c6a4",
@@ -32,7 +32,7 @@ PINNED = {
     "movement": "e672d223656879f0",
     "no-redundancy": "d5972d789edbf336",
     "robust": "d4ce32ffd96c215c",
-    "speeds": "50775d458095dc42",
+    "speeds": "bd2e3bd91b9a048c",
     "ties": "a1e6f4c914bb06ae",
     "two-slots": "e596f2ba9884a959",
 }

@@ -42,7 +42,7 @@ RECOUNT_SLACK = 1e-2
 # percent of the ideal and one move is tried.
 SEARCH_EXPERTS = 32
 SEARCH_PACKINGS = 32
-# Target sizes tried by _target_counts (each at most one packing).
+# Packings tried by _target_counts (each target twice: spare slots as fillers, or water-filled).
 TARGET_TRIALS = 8
 # Pair exchanges (S**4 / 4 candidates per partner rank) run up to this many slots per rank,
 # against this many of the lightest ranks.
@@ -360,31 +360,44 @@ def _next_target(weights, base_counts, above):
 
 
 @kernel
-def _counts_for_target(weights, caps, target, num_slots, counts):
+def _counts_for_target(weights, caps, target, num_slots, fillers, counts):
     """Writes into ``counts`` (int64 [n]) the fewest replicas that cut every expert into
-    pieces of at most ``target`` (within ``caps``), then hands the slots left over, one at a
-    time, to the expert with the fewest extra replicas so far, lightest first (ties: lower
-    index). Returns False when the caps leave slots unfilled or ``target`` needs more than
-    ``num_slots`` replicas."""
+    pieces of at most ``target`` (within ``caps``), then hands the slots left over out one at
+    a time: with ``fillers``, to the expert with the fewest replicas, lightest first (ties:
+    lower index); else to the largest piece among the experts the target left whole
+    (water-filling them). Returns False when the caps leave slots unfilled or ``target``
+    needs more than ``num_slots`` replicas."""
     n = weights.shape[0]
     used = 0
     for e in range(n):
-        # The target is some expert's w / k: its own ratio may round just above k.
-        need = np.int64(np.ceil(weights[e] / target * (1.0 - 1e-12)))
-        counts[e] = min(max(need, np.int64(1)), caps[e])
+        counts[e] = _pieces_for(weights[e], target, caps[e])
         used += counts[e]
     if used > num_slots:
         return False
     for _ in range(num_slots - used):
         pick = -1
         for e in range(n):
-            if counts[e] < caps[e] and (pick < 0 or counts[e] < counts[pick] or (
-                    counts[e] == counts[pick] and weights[e] < weights[pick])):
+            if counts[e] >= caps[e]:
+                continue
+            if fillers:
+                better = pick < 0 or counts[e] < counts[pick] or (
+                    counts[e] == counts[pick] and weights[e] < weights[pick])
+            else:
+                better = _pieces_for(weights[e], target, caps[e]) == 1 and (
+                    pick < 0 or weights[e] * counts[pick] > weights[pick] * counts[e])
+            if better:
                 pick = e
         if pick < 0:
             return False
         counts[pick] += 1
     return True
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _pieces_for(weight, target, cap):
+    """The fewest replicas (1..cap) that cut ``weight`` into pieces of at most ``target``;
+    the target is some expert's w / k, and its own ratio may round just above k."""
+    return min(max(np.int64(np.ceil(weight / target * (1.0 - 1e-12))), np.int64(1)), cap)
 
 
 @kernel
@@ -407,12 +420,16 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
     bins = slot_e.shape[0]
     top_speed = largest(speed)
     target = max_replica_load(weights, base_counts)
-    for _ in range(TARGET_TRIALS):
-        target = _next_target(weights, base_counts, target)
+    packings = 0
+    fillers = False
+    while packings < TARGET_TRIALS:
+        fillers = not fillers
+        if fillers:
+            target = _next_target(weights, base_counts, target)
         # A piece this large takes the maximum on its own, even on the fastest rank.
         if target / top_speed >= top:
             break
-        if not _counts_for_target(weights, caps, target, slot_e.size, trial_counts):
+        if not _counts_for_target(weights, caps, target, slot_e.size, fillers, trial_counts):
             continue
         sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
         bound = max(trial_item_w[0], cardinality_bound(
@@ -422,6 +439,7 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
         trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
                            trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
                            fscratch, iscratch)[0]
+        packings += 1
         if trial < top * (1.0 - 1e-9):
             top = trial
             _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
