@@ -71,6 +71,8 @@ def cases() -> Dict[str, Callable[[], "plumb.Placement"]]:
     previous = plumb.solve(skewed(rng, (4, 64)), 8, num_redundant=16)
     current = skewed(rng, (4, 64))
     out["movement"] = lambda: plumb.solve(current, 8, num_redundant=16, previous=previous)
+    paired = skewed(rng, (6, 8))
+    out["two-slots-redundant"] = lambda: plumb.solve(paired, 8, num_redundant=8)
     return out
 
 

@@ -35,6 +35,7 @@ PINNED = {
     "speeds": "bd2e3bd91b9a048c",
     "ties": "a1e6f4c914bb06ae",
     "two-slots": "e596f2ba9884a959",
+    "two-slots-redundant": "5fa6cbc14406b90c",
 }
 
 

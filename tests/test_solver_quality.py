@@ -114,3 +114,12 @@ def test_hot_group_on_one_node_packs_near_its_bound():
     topo = plumb.Topology.cluster(nodes=4, gpus_per_node=8)
     p = plumb.solve(loads, topo, num_redundant=32, num_groups=8, hierarchy="hierarchical")
     assert p.metrics.lb_gap[0] < 2e-3
+
+
+def test_two_slots_with_spare_slots_chooses_counts_by_their_pairing():
+    # Two slots per rank: the pieces pair heaviest with lightest, and the counts that pair
+    # best (found by single replica moves scored by that pairing) beat water-filling's and
+    # the packed moves' 3904.5.
+    loads = np.array([[275.0, 717.0, 4150.0, 15952.0, 3659.0, 31.0, 1839.0, 521.0]])
+    p = plumb.solve(loads, 8, num_redundant=8)
+    assert p.metrics.max_load[0] == pytest.approx(3690.0)

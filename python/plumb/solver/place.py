@@ -42,6 +42,8 @@ RECOUNT_SLACK = 1e-2
 # percent of the ideal and one move is tried.
 SEARCH_EXPERTS = 32
 SEARCH_PACKINGS = 32
+# Rounds of the paired count search (two slots per rank): each scores every replica move.
+PAIRED_ROUNDS = 16
 # Packings tried by _target_counts (each target twice: spare slots as fillers, or water-filled).
 TARGET_TRIALS = 8
 # Pair exchanges (S**4 / 4 candidates per partner rank) run up to this many slots per rank,
@@ -448,15 +450,106 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
 
 
 @kernel
+def _paired_max(item_w, bins):
+    """The optimal largest pair sum of ``2 * bins`` pieces (float64, descending) on ``bins``
+    ranks of two slots, where any two may pair: the i-th heaviest with the i-th lightest."""
+    m = item_w.shape[0]
+    top = 0.0
+    for i in range(bins):
+        top = max(top, item_w[i] + item_w[m - 1 - i])
+    return top
+
+
+@kernel
+def _pair_pieces(item_w, item_e, slot_e, slot_w, load):
+    """Rank r gets the r-th heaviest and the r-th lightest of ``2 * bins`` pieces (float64 /
+    int64, descending), lighter slot first; returns False, leaving the slots half written,
+    when some pair is two replicas of one expert."""
+    m = item_w.shape[0]
+    for r in range(slot_e.shape[0]):
+        heavy = r
+        light = m - 1 - r
+        if item_e[heavy] == item_e[light]:
+            return False
+        slot_e[r, 0] = item_e[light]
+        slot_w[r, 0] = item_w[light]
+        slot_e[r, 1] = item_e[heavy]
+        slot_w[r, 1] = item_w[heavy]
+        load[r] = item_w[heavy] + item_w[light]
+    return True
+
+
+@kernel
+def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
+                         trial_counts, trial_e, trial_w, trial_load, trial_item_w, trial_item_e,
+                         enough, fscratch, iscratch):
+    """Replica counts for two slots per rank on ranks of equal speed, chosen by their pairing
+    optimum (:func:`_paired_max`, exact for a given count up to the no-stacking rule): from
+    ``counts``, the best single replica move per round (every donor and gainer, up to
+    ``PAIRED_ROUNDS`` rounds, while the optimum drops); the counts found are packed and
+    refined, and kept in place (as in :func:`_count_search`) if that lowers ``top``. Returns
+    the maximum.
+
+    Why: with two slots the pieces pair up, heavy with light, and the best counts are often
+    far from water-filling's (w = [7450, 990, 922, 736, 513, 461, 151, 64] on 8 ranks: the
+    736 expert cut into four fillers), out of reach of first-improvement moves that pack each
+    candidate."""
+    n = weights.shape[0]
+    bins = slot_e.shape[0]
+    copy_into(trial_counts, counts)
+    sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
+    current = _paired_max(trial_item_w, bins)
+    for _ in range(PAIRED_ROUNDS):
+        best = current
+        best_gainer = best_donor = -1
+        for gainer in range(n):
+            if trial_counts[gainer] >= min(caps[gainer], bins):
+                continue
+            for donor in range(n):
+                if donor == gainer or trial_counts[donor] <= 1:
+                    continue
+                trial_counts[gainer] += 1
+                trial_counts[donor] -= 1
+                sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch,
+                             iscratch)
+                value = _paired_max(trial_item_w, bins)
+                trial_counts[gainer] -= 1
+                trial_counts[donor] += 1
+                if value < best * (1.0 - 1e-12):
+                    best, best_gainer, best_donor = value, gainer, donor
+        if best_gainer < 0:
+            break
+        trial_counts[best_gainer] += 1
+        trial_counts[best_donor] -= 1
+        current = best
+    if current / speed[0] >= top * (1.0 - 1e-9):
+        return top
+    sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
+    # The pairing itself, unless it puts an expert twice on a rank (LPT and the swap search
+    # can miss it: 1451 against its 1425.7 on the example above).
+    if _pair_pieces(trial_item_w, trial_item_e, trial_e, trial_w, trial_load):
+        trial = time_max(trial_load, speed)
+    else:
+        trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
+                           trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
+                           fscratch, iscratch)[0]
+    if trial < top * (1.0 - 1e-9):
+        top = trial
+        _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w, load)
+    return top
+
+
+@kernel
 def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, has, top,
               trial_counts, trial_e, trial_w, trial_load, trial_item_w, trial_item_e, partners,
               enough, fscratch, iscratch):
     """The replica moves of the module docstring (:func:`_count_search`, or one
     :func:`_recount` move for more than ``SEARCH_EXPERTS`` experts), then
-    :func:`_target_counts`, each kept in place if it lowers ``top``; ``counts`` and
-    ``trial_counts`` hold ``base_counts`` (water-filling's) on entry. The moves run first: a
-    target's counts would start them elsewhere, and their result is kept as it was whenever no
-    target beats it. Returns the maximum."""
+    :func:`_target_counts` (the moves again from a target that wins), then with two slots per
+    rank on equal speeds :func:`_paired_count_search`, each kept in place if it lowers
+    ``top``; ``counts`` and ``trial_counts`` hold ``base_counts`` (water-filling's) on entry.
+    Each later step starts from what the earlier ones kept and keeps only improvements, so
+    the result is never worse than the moves alone. Returns the maximum."""
     if weights.shape[0] <= SEARCH_EXPERTS:
         top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                             trial_counts, trial_e, trial_w, trial_load, trial_item_w,
@@ -483,6 +576,10 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
         top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                             trial_counts, trial_e, trial_w, trial_load, trial_item_w,
                             trial_item_e, enough, fscratch, iscratch)
+    if slot_e.shape[1] == 2 and weights.shape[0] <= SEARCH_EXPERTS and _equal(speed):
+        top = _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
+                                   trial_counts, trial_e, trial_w, trial_load, trial_item_w,
+                                   trial_item_e, enough, fscratch, iscratch)
     return top
 
 
