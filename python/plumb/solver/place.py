@@ -8,12 +8,13 @@ counts that pack best when no rank may hold an expert twice. When the packed max
 the ideal and the caller's ``floor``, :func:`place` tries alternatives and keeps whichever
 lowers the maximum: the same counts packed with stacking allowed (only where that can differ:
 a cap binds, or the no-stacking rule changed the LPT), and (when well above the ideal,
-``RECOUNT_SLACK``) other counts: first the target counts (:func:`_target_counts`: hot
-experts cut only into pieces of at most a target size, the spare slots split the lightest
-experts into fillers), then replica moves: for at most ``SEARCH_EXPERTS`` experts a local
-search over the counts (one replica from a donor to a gainer, every pair, as long as a move
-lowers the packed maximum), for more one replica moved from the expert that misses it least
-to the heaviest piece on the busiest rank. Stacking is the "unless forced" of the no-stacking
+``RECOUNT_SLACK``) other counts (:func:`_recounts`): replica moves first, for at most
+``SEARCH_EXPERTS`` experts a local search over the counts (one replica from a donor to a
+gainer, every pair, as long as a move lowers the packed maximum), for more one replica moved
+from the expert that misses it least to the heaviest piece on the busiest rank; then target
+counts (:func:`_target_counts`: hot experts cut only into pieces of at most a target size,
+the spare slots split light experts into fillers); with two slots per rank, counts scored by
+how their pieces pair (:func:`_paired_count_search`). Stacking is the "unless forced" of the no-stacking
 rule: with two hot experts of one group on one node (5 + 5 replicas over 8 ranks), two ranks
 must hold two hot pieces, and two pieces of the lighter expert weigh less than one of each.
 DeepSeek stacks freely; this keeps plumb at least as balanced where stacking pays, and
@@ -486,9 +487,9 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
     """Replica counts for two slots per rank on ranks of equal speed, chosen by their pairing
     optimum (:func:`_paired_max`, exact for a given count up to the no-stacking rule): from
     ``counts``, the best single replica move per round (every donor and gainer, up to
-    ``PAIRED_ROUNDS`` rounds, while the optimum drops); the counts found are packed and
-    refined, and kept in place (as in :func:`_count_search`) if that lowers ``top``. Returns
-    the maximum.
+    ``PAIRED_ROUNDS`` rounds, while the optimum drops); the counts found are packed by that
+    pairing (or, where it would stack an expert, by LPT and refinement) and kept in place (as
+    in :func:`_count_search`) if that lowers ``top``. Returns the maximum.
 
     Why: with two slots the pieces pair up, heavy with light, and the best counts are often
     far from water-filling's (w = [7450, 990, 922, 736, 513, 461, 151, 64] on 8 ranks: the
@@ -587,10 +588,10 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
 def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, recount,
                   stack_caps, try_stack, recap, item_w, item_e, partners, enough, fscratch,
                   iscratch):
-    """The alternatives of the module docstring, kept (in place) if they lower ``top``; the
-    target counts and replica moves only if ``recount``, the stacked packing only if ``try_stack`` (with the
-    counts water-filled again under ``stack_caps`` if ``recap``, else on the current sorted
-    items ``item_w`` / ``item_e``). Returns the maximum."""
+    """The alternatives of the module docstring, kept (in place) if they lower ``top``; other
+    replica counts (:func:`_recounts`) only if ``recount``, the stacked packing only if
+    ``try_stack`` (with the counts water-filled again under ``stack_caps`` if ``recap``, else
+    on the current sorted items ``item_w`` / ``item_e``). Returns the maximum."""
     n = weights.shape[0]
     bins, slots = slot_e.shape
     m = slot_e.size
