@@ -14,11 +14,11 @@ gainer, every pair, as long as a move lowers the packed maximum), for more one r
 from the expert that misses it least to the heaviest piece on the busiest rank; then target
 counts (:func:`_target_counts`: hot experts cut only into pieces of at most a target size,
 the spare slots split light experts into fillers); with two slots per rank, counts scored by
-how their pieces pair (:func:`_paired_count_search`). Stacking is the "unless forced" of the no-stacking
-rule: with two hot experts of one group on one node (5 + 5 replicas over 8 ranks), two ranks
-must hold two hot pieces, and two pieces of the lighter expert weigh less than one of each.
-DeepSeek stacks freely; this keeps plumb at least as balanced where stacking pays, and
-unstacked everywhere else.
+how their pieces pair (:func:`_paired_count_search`). Stacking is the "unless forced" of the
+no-stacking rule: with two hot experts of one group on one node (5 + 5 replicas over 8
+ranks), two ranks must hold two hot pieces, and two pieces of the lighter expert weigh less
+than one of each. DeepSeek stacks freely; this keeps plumb at least as balanced where
+stacking pays, and unstacked everywhere else.
 """
 
 from __future__ import annotations
@@ -289,6 +289,16 @@ def _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot
 
 
 @kernel
+def _kept(trial, top, trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w, load):
+    """The lower of a trial's maximum and ``top``: a trial that lowers it by more than float
+    noise is copied over the kept counts and packing (:func:`_keep_trial`)."""
+    if trial < top * (1.0 - 1e-9):
+        _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w, load)
+        return trial
+    return top
+
+
+@kernel
 def _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, trial_counts,
                   trial_e, trial_w, trial_load, trial_item_w, trial_item_e, enough, fscratch,
                   iscratch):
@@ -443,10 +453,8 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
                            trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
                            fscratch, iscratch)[0]
         packings += 1
-        if trial < top * (1.0 - 1e-9):
-            top = trial
-            _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
-                        load)
+        top = _kept(trial, top, trial_counts, trial_e, trial_w, trial_load, counts, slot_e,
+                    slot_w, load)
     return top
 
 
@@ -534,10 +542,8 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
         trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
                            trial_w, trial_load, has, np.bool_(True), np.int64(0), enough,
                            fscratch, iscratch)[0]
-    if trial < top * (1.0 - 1e-9):
-        top = trial
-        _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w, load)
-    return top
+    return _kept(trial, top, trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
+                 load)
 
 
 @kernel
@@ -564,16 +570,13 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
             trial = pack_items(trial_item_w, trial_item_e, speed, np.bool_(False), trial_e,
                                trial_w, trial_load, has, np.bool_(True), partners, enough,
                                fscratch, iscratch)[0]
-            if trial < top * (1.0 - 1e-9):
-                top = trial
-                _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
-                            load)
+            top = _kept(trial, top, trial_counts, trial_e, trial_w, trial_load, counts, slot_e,
+                        slot_w, load)
     moved = top
     top = _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, has,
                          top, trial_counts, trial_e, trial_w, trial_load, trial_item_w,
                          trial_item_e, enough, fscratch, iscratch)
     if top < moved and weights.shape[0] <= SEARCH_EXPERTS:
-        copy_into(trial_counts, counts)
         top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                             trial_counts, trial_e, trial_w, trial_load, trial_item_w,
                             trial_item_e, enough, fscratch, iscratch)
@@ -638,10 +641,7 @@ def _alternatives(weights, caps, speed, counts, slot_e, slot_w, load, has, top, 
                                 iscratch)
                 copy_into(trial_counts, counts)
             continue
-        if trial < top * (1.0 - 1e-9):
-            top = trial
-            _keep_trial(trial_counts, trial_e, trial_w, trial_load, counts, slot_e, slot_w,
-                        load)
-        else:
-            copy_into(trial_counts, counts)
+        top = _kept(trial, top, trial_counts, trial_e, trial_w, trial_load, counts, slot_e,
+                    slot_w, load)
+        copy_into(trial_counts, counts)
     return top
