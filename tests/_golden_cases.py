@@ -73,6 +73,9 @@ def cases() -> Dict[str, Callable[[], "plumb.Placement"]]:
     out["movement"] = lambda: plumb.solve(current, 8, num_redundant=16, previous=previous)
     paired = skewed(rng, (6, 8))
     out["two-slots-redundant"] = lambda: plumb.solve(paired, 8, num_redundant=8)
+    # Mixtral-sized: 8 experts, 4 ranks of 3 slots (the exact count and packing search).
+    mixtral = skewed(rng, (6, 8))
+    out["three-slots-exact"] = lambda: plumb.solve(mixtral, 4, num_redundant=4)
     return out
 
 

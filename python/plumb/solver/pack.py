@@ -13,8 +13,8 @@ from numba import njit
 
 from .jit import kernel
 from .mintree import tree_build, tree_min, tree_size, tree_update
-from .workspace import (ASIDE, FILL, INV_SPEED, RADIX_COUNTS, RANK_KEYS, RANK_TREE, copy_into,
-                        workspace)
+from .workspace import (ASIDE, FILL, INV_SPEED, ORDER, RADIX_COUNTS, RANK_KEYS, RANK_TREE, SHARE,
+                        SORT_SCRATCH, copy_into, workspace)
 
 
 # Below this many values each value's rank is counted directly (n**2 comparisons that the
@@ -162,6 +162,37 @@ def heaviest_first(values):
     order = np.empty(values.shape[0], dtype=np.int64)
     descending_order(values, order, np.empty(values.shape[0] + RADIX_COUNTS, dtype=np.int64))
     return order
+
+
+@kernel
+def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
+    """Expands ``counts[e]`` replicas of each expert (each ``w_e / c_e``) into ``item_w`` /
+    ``item_e`` (float64 / int64 [sum(counts)]), heaviest first; ``fscratch`` /
+    ``iscratch``: the scratch of a ``workspace`` for >= n experts.
+
+    An expert's replicas weigh the same: sorting the n experts orders all the items (ties by
+    expert, as a stable sort of the expanded items would).
+    """
+    n = weights.shape[0]
+    share = fscratch[SHARE, :n]
+    for e in range(n):
+        share[e] = weights[e] / counts[e]
+    order = iscratch[ORDER, :n]
+    descending_order(share, order, iscratch[SORT_SCRATCH])
+    expand_items(weights, counts, order, item_w, item_e)
+
+
+@kernel
+def expand_items(weights, counts, order, item_w, item_e):
+    """:func:`sorted_items` with the experts' order given: ``order`` int64 [n] lists them by
+    descending ``w_e / c_e`` (ties by index)."""
+    i = 0
+    for e in order:
+        share = weights[e] / counts[e]
+        for _ in range(counts[e]):
+            item_w[i] = share
+            item_e[i] = e
+            i += 1
 
 
 @njit(cache=True, nogil=True)

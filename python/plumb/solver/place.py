@@ -14,11 +14,13 @@ gainer, every pair, as long as a move lowers the packed maximum), for more one r
 from the expert that misses it least to the heaviest piece on the busiest rank; then target
 counts (:func:`_target_counts`: hot experts cut only into pieces of at most a target size,
 the spare slots split light experts into fillers); with two slots per rank, counts scored by
-how their pieces pair (:func:`_paired_count_search`). Stacking is the "unless forced" of the
-no-stacking rule: with two hot experts of one group on one node (5 + 5 replicas over 8
-ranks), two ranks must hold two hot pieces, and two pieces of the lighter expert weigh less
-than one of each. DeepSeek stacks freely; this keeps plumb at least as balanced where
-stacking pays, and unstacked everywhere else.
+how their pieces pair (:func:`_paired_count_search`); on the smallest problems (at most
+``EXACT_EXPERTS`` experts and ``EXACT_SLOTS`` slots) the branch and bound of
+:mod:`plumb.solver.exact` over every count vector and packing, within its node budget.
+Stacking is the "unless forced" of the no-stacking rule: with two hot experts of one group on
+one node (5 + 5 replicas over 8 ranks), two ranks must hold two hot pieces, and two pieces of
+the lighter expert weigh less than one of each. DeepSeek stacks freely; this keeps plumb at
+least as balanced where stacking pays, and unstacked everywhere else.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import numpy as np
 from numba import njit
 
 from .bounds import cardinality_bound
+from .exact import EXACT_EXPERTS, EXACT_SLOTS, exact_search
 from .jit import kernel, largest, total
 from .mintree import tree_size
-from .pack import descending_order, lpt_loads, lpt_place, repair_duplicates, time_max
+from .pack import (expand_items, lpt_loads, lpt_place, repair_duplicates, sorted_items,
+                   time_max)
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import max_replica_load, water_fill_into
-from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, PREFIX, SHARE,
-                        SLOT_ITEM, SORT_SCRATCH, SUFFIX, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E,
-                        TRIAL_ITEM_W, TRIAL_LOAD, TRIAL_W, copy_into, workspace)
+from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, PREFIX,
+                        SLOT_ITEM, SUFFIX, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
+                        TRIAL_LOAD, TRIAL_W, copy_into, workspace)
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
 RECOUNT_SLACK = 1e-2
@@ -57,41 +61,10 @@ SWEEP_SLOTS = 8
 
 
 @kernel
-def sorted_items(weights, counts, item_w, item_e, fscratch, iscratch):
-    """Expands ``counts[e]`` replicas of each expert (each ``w_e / c_e``) into ``item_w`` /
-    ``item_e`` (float64 / int64 [sum(counts)]), heaviest first; ``fscratch`` /
-    ``iscratch``: the scratch of a ``workspace`` for >= n experts.
-
-    An expert's replicas weigh the same: sorting the n experts orders all the items (ties by
-    expert, as a stable sort of the expanded items would).
-    """
-    n = weights.shape[0]
-    share = fscratch[SHARE, :n]
-    for e in range(n):
-        share[e] = weights[e] / counts[e]
-    order = iscratch[ORDER, :n]
-    descending_order(share, order, iscratch[SORT_SCRATCH])
-    expand_items(weights, counts, order, item_w, item_e)
-
-
-@kernel
-def expand_items(weights, counts, order, item_w, item_e):
-    """:func:`sorted_items` with the experts' order given: ``order`` int64 [n] lists them by
-    descending ``w_e / c_e`` (ties by index)."""
-    i = 0
-    for e in order:
-        share = weights[e] / counts[e]
-        for _ in range(counts[e]):
-            item_w[i] = share
-            item_e[i] = e
-            i += 1
-
-
-@kernel
 def pack_items(item_w, item_e, speed, allow_dup, slot_e, slot_w, load, has, refine, partners,
                floor, fscratch, iscratch):
-    """Packs sorted items (:func:`sorted_items`), then, if ``refine``, evens out the busiest
-    and least busy ranks pairwise (:func:`plumb.solver.refine.pair_sweep`, up to
+    """Packs sorted items (:func:`plumb.solver.pack.sorted_items`), then, if ``refine``, evens
+    out the busiest and least busy ranks pairwise (:func:`plumb.solver.refine.pair_sweep`, up to
     ``SWEEP_SLOTS`` slots per rank) and runs the swap search (with pair exchanges against
     ``partners`` lightest ranks, stopping at ``floor``: see
     :func:`plumb.solver.refine.refine_items`).
@@ -553,10 +526,12 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
     """The replica moves of the module docstring (:func:`_count_search`, or one
     :func:`_recount` move for more than ``SEARCH_EXPERTS`` experts), then
     :func:`_target_counts` (the moves again from a target that wins), then with two slots per
-    rank on equal speeds :func:`_paired_count_search`, each kept in place if it lowers
-    ``top``; ``counts`` and ``trial_counts`` hold ``base_counts`` (water-filling's) on entry.
-    Each later step starts from what the earlier ones kept and keeps only improvements, so
-    the result is never worse than the moves alone. Returns the maximum."""
+    rank on equal speeds :func:`_paired_count_search`, then on the smallest problems
+    :func:`plumb.solver.exact.exact_search` (from the best so far: it only prunes harder),
+    each kept in place if it lowers ``top``; ``counts`` and ``trial_counts`` hold
+    ``base_counts`` (water-filling's) on entry. Each later step starts from what the earlier
+    ones kept and keeps only improvements, so the result is never worse than the moves alone.
+    Returns the maximum."""
     if weights.shape[0] <= SEARCH_EXPERTS:
         top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                             trial_counts, trial_e, trial_w, trial_load, trial_item_w,
@@ -584,6 +559,10 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
         top = _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                                    trial_counts, trial_e, trial_w, trial_load, trial_item_w,
                                    trial_item_e, enough, fscratch, iscratch)
+    if weights.shape[0] <= EXACT_EXPERTS and slot_e.size <= EXACT_SLOTS:
+        top = exact_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, enough,
+                           trial_counts, trial_item_w, trial_item_e, trial_e, trial_w,
+                           trial_load, fscratch, iscratch)[0]
     return top
 
 

@@ -52,7 +52,8 @@ FLAT_W = 17       # [m] a packing's replica weights in slot order (refine_slots)
 SLOTS_ITEM_W = 18  # [m] refine_slots' replica list
 OWNER_LOAD = 19   # [m] swap search: load of each replica's rank
 PAIR_SUM = 20     # [S**2] pair exchange, many slots: the partner's movable pairs' sums
-FLOAT_ROWS = 21
+EXACT_REST = 21   # [m + 1 + b] exact search: weight of the items from each on; rank loads
+FLOAT_ROWS = 22
 
 # iscratch rows.
 ITEM_E = 0        # [m] experts of the replica list
@@ -80,7 +81,11 @@ FLAT_ORDER = 21   # [m] refine_slots: slots by descending weight
 SLOTS_ITEM_E = 22  # [m] refine_slots' replica list
 SLOTS_SLOT_ITEM = 23  # [m] refine_slots: the replica in each slot, viewed as [b, S]
 PAIR_ORDER = 24   # [S**2] pair exchange, many slots: its pairs by descending sum
-INT_ROWS = 25
+EXACT_ORDER = 25  # [n] exact search: experts by descending load
+EXACT_ROOM = 26   # [n + 1] exact search: replicas the experts from each position on can take
+EXACT_CHOICE = 27  # [m] exact search: the rank of each item
+EXACT_FILL = 28   # [b] exact search: slots used per rank
+INT_ROWS = 29
 
 
 @njit(cache=True, nogil=True)
