@@ -29,8 +29,10 @@ from .workspace import (EXACT_CHOICE, EXACT_FILL, EXACT_ORDER, EXACT_REST, EXACT
 
 # Nodes (count steps and packing steps together) one call may visit.
 EXACT_NODES = 8192
-# Problems up to this many experts and slots in all are searched (above, the count vectors
-# outnumber the budget many times over and a cut-off search is no better than the moves).
+# Problems up to this many experts and slots in all are searched. Above, the count vectors
+# outnumber the budget many times over and a cut-off search gains little for its time (16
+# experts on 8 ranks of 3 slots, lognormal sigma 1.0: mean lb_gap 1.245% -> 1.230%, solve
+# 2.1 -> 13.9 ms for 32 layers).
 EXACT_EXPERTS = 8
 EXACT_SLOTS = 32
 # A trial must lower the maximum by more than this fraction (as plumb.solver.place._kept).
