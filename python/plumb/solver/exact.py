@@ -2,9 +2,9 @@
 
 With a handful of experts on a handful of ranks (Mixtral-class: 8 experts on 4 ranks of 3
 slots) the counts decide the packing, and the best counts can be ones no local move reaches:
-w = [654, 911, 131, 248, 281, 147, 2527, 269] packs to 1359.3 with counts
+w = [654, 911, 131, 248, 281, 147, 2527, 269] packs to 1359.25 with counts
 [1, 3, 1, 1, 1, 1, 3, 1] (water-filling's, after every move of
-:func:`plumb.solver.place._recounts`), and to 1303.8 with [2, 1, 1, 1, 1, 1, 3, 2]: the second
+:func:`plumb.solver.place._recounts`), and to 1303.83 with [2, 1, 1, 1, 1, 1, 3, 2]: the second
 expert whole, the light ones split into fillers.
 
 :func:`exact_search` enumerates the counts (1 <= c_e <= min(cap_e, ranks), summing to the
@@ -139,7 +139,8 @@ def _pack_search(item_w, item_e, speed, limit, budget, has, slot_e, slot_w, load
     ranks with a free slot, no replica of their expert, and room below ``limit``; an expert's
     replicas on ascending ranks, and of the empty ranks of one speed only the first (the rest
     would repeat its subtree); a node is cut when the open ranks' room below ``limit`` cannot
-    hold the remaining items. ``has`` int [bins, >= n] and the workspace rows: scratch.
+    hold the remaining items, or one of them cannot take the lightest items that would fill
+    it. ``has`` int [bins, >= n] and the workspace rows: scratch.
 
     Returns:
         (the best maximum found, inf if none; nodes visited). The best packing is left in
@@ -172,7 +173,7 @@ def _pack_search(item_w, item_e, speed, limit, budget, has, slot_e, slot_w, load
             i -= 1
             _undo(item_w, item_e, choice, i, running, fill, has)
             continue
-        if choice[i] < 0 and _room(running, fill, speed, slots, limit) < rest[i]:
+        if choice[i] < 0 and _hopeless(running, fill, speed, slots, limit, rest, i):
             i -= 1
             if i >= 0:
                 _undo(item_w, item_e, choice, i, running, fill, has)
@@ -221,13 +222,21 @@ def _empty_before(fill, speed, r):
 
 
 @kernel
-def _room(running, fill, speed, slots, limit):
-    """What the open ranks can still take below ``limit``."""
+def _hopeless(running, fill, speed, slots, limit, rest, i):
+    """Whether no packing of items ``i`` on (``rest`` float64 [m + 1]: the weight of the items
+    from each on) keeps every rank below ``limit``: the open ranks' room below it cannot hold
+    them, or an open rank cannot take even the lightest items that would fill its free slots
+    (no-stacking ignored: a relaxation)."""
+    m = rest.shape[0] - 1
     room = 0.0
     for r in range(running.shape[0]):
-        if fill[r] < slots:
-            room += max(0.0, limit * speed[r] - running[r])
-    return room
+        free = slots - fill[r]
+        if free > 0:
+            cap = limit * speed[r] - running[r]
+            if rest[m - free] >= cap:
+                return True
+            room += cap
+    return room < rest[i]
 
 
 @kernel
