@@ -138,3 +138,15 @@ def test_mixtral_sized_layers_reach_their_optimum(weights, optimum, counts):
     # (up to the last bits of the rank sums' order)
     assert abs(placement.metrics.max_load[0] - optimum) <= 1e-12 * optimum
     np.testing.assert_array_equal(placement.logcnt[0], counts)
+
+
+def test_small_layer_on_unequal_speeds_reaches_its_optimum():
+    # Three slow ranks and one fast: the count steps stopped at 41.5 (ideal 25.7); the
+    # optimum (26.0) keeps the heaviest expert whole on the fast rank and cuts two lighter
+    # ones into three pieces each for the slow ranks.
+    weights = np.array([23.0, 51.0, 16.0, 0.0])
+    speed = np.array([0.5, 0.5, 0.5, 2.0])
+    placement = plumb.solve(weights, plumb.Topology.flat(4, rank_speed=speed), num_redundant=4)
+    want = _brute_force(weights, np.full(4, 4), speed, 2)
+    assert abs(placement.metrics.max_load[0] - want) <= 1e-12 * want
+    assert want < 41.5 * 0.7
