@@ -150,3 +150,12 @@ def test_small_layer_on_unequal_speeds_reaches_its_optimum():
     want = _brute_force(weights, np.full(4, 4), speed, 2)
     assert abs(placement.metrics.max_load[0] - want) <= 1e-12 * want
     assert want < 41.5 * 0.7
+
+
+def test_one_replica_per_expert_reaches_the_best_split():
+    # 8 experts on 2 ranks of 4 slots, no spare slots: LPT and the swap and pair searches stop
+    # at 291 (ideal 280); the best split of the 70 is 281.
+    weights = np.array([35.0, 15.0, 30.0, 49.0, 81.0, 93.0, 92.0, 165.0])
+    placement = plumb.solve(weights, plumb.Topology.flat(2))
+    want = _best_packing([(w, e) for e, w in enumerate(weights)], np.ones(2), 4)
+    assert placement.metrics.max_load[0] == want == 281.0
