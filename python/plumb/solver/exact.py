@@ -71,6 +71,8 @@ def exact_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, e
     room[n] = 0
     for d in range(n - 1, -1, -1):
         room[d] = room[d + 1] + min(caps[order[d]], bins)
+    # What a trial must get below: just under the incumbent.
+    limit = top * (1.0 - _GAIN)
     used = 0
     nodes = 0
     depth = 0
@@ -80,7 +82,7 @@ def exact_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, e
         if cur[e] == 0:
             # A piece on the fastest rank takes piece / top_speed: the smallest count is the
             # one whose pieces fit there.
-            count = _fewest(weights[e], top * (1.0 - _GAIN) * top_speed)
+            count = _fewest(weights[e], limit * top_speed)
         else:
             used -= cur[e]
             count = cur[e] + 1
@@ -103,13 +105,14 @@ def exact_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top, e
             sorted_items(weights, cur, item_w, item_e, fscratch, iscratch)
             bound = max(item_w[0], cardinality_bound(item_w, bins, fscratch[PREFIX],
                                                      fscratch[SUFFIX])) / top_speed
-            if bound < top * (1.0 - _GAIN):
-                found, spent = _pack_search(item_w, item_e, speed, top * (1.0 - _GAIN),
-                                            EXACT_NODES - nodes, has, trial_e, trial_w,
-                                            trial_load, fscratch, iscratch)
+            if bound < limit:
+                found, spent = _pack_search(item_w, item_e, speed, limit, EXACT_NODES - nodes,
+                                            has, trial_e, trial_w, trial_load, fscratch,
+                                            iscratch)
                 nodes += spent
-                if found < top * (1.0 - _GAIN):
+                if found < limit:
                     top = found
+                    limit = top * (1.0 - _GAIN)
                     copy_into(counts, cur)
                     copy_into(slot_e, trial_e)
                     copy_into(slot_w, trial_w)
@@ -166,17 +169,15 @@ def _pack_search(item_w, item_e, speed, limit, budget, has, slot_e, slot_w, load
     choice[0] = -1
     while i >= 0 and nodes < budget:
         if i == m:
-            found = _write_packing(item_w, item_e, choice, slot_e, slot_w, load, speed, fill)
-            if found < limit:
-                best = found
-                limit = found * (1.0 - _GAIN)
-            i -= 1
-            _undo(item_w, item_e, choice, i, running, fill, has)
+            # Every item went where it kept its rank below the limit: each leaf beats the
+            # best so far (the sums added afresh differ from the running ones by rounding,
+            # far below the _GAIN margin).
+            best = _write_packing(item_w, item_e, choice, slot_e, slot_w, load, speed, fill)
+            limit = best * (1.0 - _GAIN)
+            i = _retreat(item_w, item_e, choice, i, running, fill, has)
             continue
         if choice[i] < 0 and _hopeless(running, fill, speed, slots, limit, rest, i):
-            i -= 1
-            if i >= 0:
-                _undo(item_w, item_e, choice, i, running, fill, has)
+            i = _retreat(item_w, item_e, choice, i, running, fill, has)
             continue
         start = choice[i] + 1
         if choice[i] < 0 and i > 0 and item_e[i - 1] == item_e[i]:
@@ -184,9 +185,7 @@ def _pack_search(item_w, item_e, speed, limit, budget, has, slot_e, slot_w, load
         r = _next_rank(item_w[i], item_e[i], start, running, fill, has, speed, slots, limit)
         if r < 0:
             choice[i] = -1
-            i -= 1
-            if i >= 0:
-                _undo(item_w, item_e, choice, i, running, fill, has)
+            i = _retreat(item_w, item_e, choice, i, running, fill, has)
             continue
         nodes += 1
         choice[i] = r
@@ -240,13 +239,16 @@ def _hopeless(running, fill, speed, slots, limit, rest, i):
 
 
 @kernel
-def _undo(item_w, item_e, choice, i, running, fill, has):
-    """Takes item ``i`` off its rank ``choice[i]`` (the choice stays: the search resumes
-    after it)."""
-    r = choice[i]
-    running[r] -= item_w[i]
-    fill[r] -= 1
-    has[r, item_e[i]] -= 1
+def _retreat(item_w, item_e, choice, i, running, fill, has):
+    """Steps back from item ``i`` to item ``i - 1`` and takes that item off its rank
+    ``choice[i - 1]`` (the choice stays: the search resumes after it); returns ``i - 1``."""
+    i -= 1
+    if i >= 0:
+        r = choice[i]
+        running[r] -= item_w[i]
+        fill[r] -= 1
+        has[r, item_e[i]] -= 1
+    return i
 
 
 @kernel

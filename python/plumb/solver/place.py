@@ -558,10 +558,9 @@ def _recounts(weights, caps, speed, base_counts, counts, slot_e, slot_w, load, h
     :func:`_recount` move for more than ``SEARCH_EXPERTS`` experts), then
     :func:`_target_counts` (the moves again from a target that wins), then with two slots per
     rank on equal speeds :func:`_paired_count_search`, each kept in place if it lowers
-    ``top``; ``counts`` and ``trial_counts`` hold
-    ``base_counts`` (water-filling's) on entry. Each later step starts from what the earlier
-    ones kept and keeps only improvements, so the result is never worse than the moves alone.
-    Returns the maximum."""
+    ``top``; ``counts`` and ``trial_counts`` hold ``base_counts`` (water-filling's) on entry.
+    Each later step starts from what the earlier ones kept and keeps only improvements, so
+    the result is never worse than the moves alone. Returns the maximum."""
     if weights.shape[0] <= SEARCH_EXPERTS:
         top = _count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, top,
                             trial_counts, trial_e, trial_w, trial_load, trial_item_w,
