@@ -148,7 +148,7 @@ def test_shapes_table_matches_spec():
 def test_few_slot_shapes_outside_the_spec_table():
     assert {s.name for s in W.FEW_SLOTS}.isdisjoint(s.name for s in W.SHAPES)
     for few in W.FEW_SLOTS:
-        assert W.shape(few.name) is few and few.slots_per_gpu == 3
+        assert W.shape(few.name) is few and few.slots_per_gpu in (2, 3)
         row = bench.measure_case(few, 1.0, repeats=1, steps=2, seed=0)
         assert row["match"] and row["min_dbal"] >= -1e-12
 

@@ -400,12 +400,15 @@ def run(args: argparse.Namespace) -> int:
                 "here." if parallel > 1 else ""),
              main_table(rows, parallel)]
     if few_rows:
-        parts += ["Few slots per GPU (not SPEC shapes; outside the targets): 3 slots per GPU, "
-                  "where plumb searches replica counts (plumb.solver.place, up to 32 experts "
-                  "per problem) instead of keeping water-filling's, and on Mixtral's 8 experts "
-                  "searches every count vector and packing by branch and bound "
+        parts += ["Few slots per GPU (not SPEC shapes; outside the targets): 2 or 3 slots per "
+                  "GPU, where plumb searches replica counts (plumb.solver.place: replica moves "
+                  "between every pair of experts up to 32 experts per problem, target piece "
+                  "sizes for any number) instead of keeping water-filling's, and on Mixtral's "
+                  "8 experts searches every count vector and packing by branch and bound "
                   "(plumb.solver.exact, at most 8192 nodes per layer): where that search "
-                  "finishes, the gap left is the lower bound's looseness, not plumb's:",
+                  "finishes, the gap left is the lower bound's looseness, not plumb's (the "
+                  "bound with spare slots, max(W / G, the largest water-filled piece), ignores "
+                  "how the pieces pair up: loose at 2 slots per GPU):",
                   main_table(few_rows, parallel)]
     if case_rows:
         parts += ["Uniform routing and adversarial loads (one timed solve each):",

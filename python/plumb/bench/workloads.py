@@ -4,8 +4,8 @@ Everything takes a seeded ``numpy.random.Generator`` (or a seed) and is determin
 
 * ``SHAPES``: the SPEC section 6 table (L, E, P, G, nodes, groups; plus top-k, phase and the
   hierarchy mode each shape is benchmarked in). ``shape(name)`` looks one up; ``TINY`` is a
-  small extra shape for smoke tests; ``FEW_SLOTS``: deployments with 3 slots per GPU (not
-  SPEC shapes), where the replica counts decide the packing.
+  small extra shape for smoke tests; ``FEW_SLOTS``: deployments with 2 or 3 slots per GPU
+  (not SPEC shapes), where the replica counts decide the packing.
 * ``lognormal_popularity``: per-layer expert popularity, log-normal with the given sigma
   (0.5 / 1.0 / 1.5 span published per-layer max/mean ratios of about 1.5 to 8).
 * ``inclusion_probabilities``: how often a token picks each expert under top-k routing (each
@@ -89,10 +89,12 @@ SHAPES = (
     Shape("mixtral", 32, 8, 8, 4, 1, 1, 2, "decode", "global"),
 )
 TINY = Shape("tiny", 4, 16, 24, 4, 2, 4, 2, "decode", "hierarchical")
-# Mixtral-8x7B on 4 GPUs and Phi-3.5-MoE (16 experts, top-2) on 8, one redundant slot per GPU.
+# Mixtral-8x7B on 4 GPUs and Phi-3.5-MoE (16 experts, top-2) on 8, one redundant slot per GPU;
+# DeepSeek-V3 on 256 GPUs (32 nodes of 8) with one redundant slot each: 2 slots per GPU.
 FEW_SLOTS = (
     Shape("mixtral-r4", 32, 8, 12, 4, 1, 1, 2, "decode", "global"),
     Shape("phi3.5-moe-r8", 32, 16, 24, 8, 1, 1, 2, "decode", "global"),
+    Shape("dsv3-ep256", 58, 256, 512, 256, 32, 8, 8, "decode", "global"),
 )
 _BY_NAME = {s.name: s for s in SHAPES + (TINY,) + FEW_SLOTS}
 

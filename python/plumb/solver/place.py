@@ -33,14 +33,14 @@ from numba import njit
 from .bounds import cardinality_bound
 from .exact import EXACT_EXPERTS, EXACT_SLOTS, exact_search
 from .jit import kernel, largest, total
-from .mintree import tree_size
-from .pack import (expand_items, lpt_loads, lpt_place, repair_duplicates, sorted_items,
-                   time_max)
+from .mintree import tree_build, tree_min, tree_size, tree_update
+from .pack import (descending_order, expand_items, lpt_loads, lpt_place, repair_duplicates,
+                   sorted_items, time_max)
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import max_replica_load, water_fill_into
-from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, ORDER, PREFIX,
-                        SLOT_ITEM, SUFFIX, TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W,
-                        TRIAL_LOAD, TRIAL_W, copy_into, workspace)
+from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, LIGHT_FIRST, ORDER,
+                        PREFIX, SLOT_ITEM, SORT_SCRATCH, SUFFIX, TRIAL_COUNTS, TRIAL_E,
+                        TRIAL_ITEM_E, TRIAL_ITEM_W, TRIAL_LOAD, TRIAL_W, copy_into, workspace)
 
 # Alternatives are tried only when the busiest rank is this far above the ideal time.
 RECOUNT_SLACK = 1e-2
@@ -377,13 +377,16 @@ def _next_target(weights, base_counts, above):
 
 
 @kernel
-def _counts_for_target(weights, caps, target, num_slots, fillers, counts):
+def _counts_for_target(weights, caps, target, num_slots, fillers, light_first, counts, keys,
+                       tree):
     """Writes into ``counts`` (int64 [n]) the fewest replicas that cut every expert into
     pieces of at most ``target`` (within ``caps``), then hands the slots left over out one at
     a time: with ``fillers``, to the expert with the fewest replicas, lightest first (ties:
-    lower index); else to the largest piece among the experts the target left whole
-    (water-filling them). Returns False when the caps leave slots unfilled or ``target``
-    needs more than ``num_slots`` replicas."""
+    lower index; ``light_first`` int64 [n] lists the experts in that order, as
+    :func:`_light_first` writes it); else to the largest piece among the experts the target
+    left whole (water-filling them; ``keys`` float64 / ``tree`` int64 [``tree_size(n)``]:
+    scratch). Returns False when the caps leave slots unfilled or ``target`` needs more than
+    ``num_slots`` replicas."""
     n = weights.shape[0]
     used = 0
     for e in range(n):
@@ -391,23 +394,79 @@ def _counts_for_target(weights, caps, target, num_slots, fillers, counts):
         used += counts[e]
     if used > num_slots:
         return False
-    for _ in range(num_slots - used):
-        pick = -1
+    if fillers:
+        return _hand_out_fillers(caps, light_first, counts, num_slots - used)
+    return _fill_whole(weights, caps, target, counts, num_slots - used, keys, tree)
+
+
+@kernel
+def _hand_out_fillers(caps, light_first, counts, left):
+    """``left`` more replicas (int64 [n] ``counts`` updated), each to the expert below its cap
+    with the fewest replicas, lightest first (``light_first``: the experts in that order).
+    Level by level: every expert at the current fewest takes one, in ``light_first`` order,
+    which is what picking the fewest, then the lightest, one replica at a time does, in one
+    pass per level instead of one scan of every expert per replica (a few hundred spare slots
+    on as many experts made that scan most of a layer's solve). Returns False when every
+    expert reaches its cap first."""
+    n = counts.shape[0]
+    while left > 0:
+        level = -1
         for e in range(n):
-            if counts[e] >= caps[e]:
-                continue
-            if fillers:
-                better = pick < 0 or counts[e] < counts[pick] or (
-                    counts[e] == counts[pick] and weights[e] < weights[pick])
-            else:
-                better = _pieces_for(weights[e], target, caps[e]) == 1 and (
-                    pick < 0 or weights[e] * counts[pick] > weights[pick] * counts[e])
-            if better:
-                pick = e
-        if pick < 0:
+            if counts[e] < caps[e] and (level < 0 or counts[e] < level):
+                level = counts[e]
+        if level < 0:
             return False
-        counts[pick] += 1
+        for e in light_first:
+            if counts[e] == level and level < caps[e]:
+                counts[e] += 1
+                left -= 1
+                if left == 0:
+                    break
     return True
+
+
+@kernel
+def _fill_whole(weights, caps, target, counts, left, keys, tree):
+    """``left`` more replicas (int64 [n] ``counts`` updated), each to the largest piece
+    ``w_e / c_e`` (lowest index on ties) among the experts below their cap that ``target``
+    left whole: water-filling those, on a tournament tree over -w_e / c_e (``keys`` / ``tree``,
+    [``tree_size(n)``]), other experts at +inf. Returns False when the caps leave slots
+    unfilled."""
+    n = weights.shape[0]
+    keys[:] = np.inf
+    for e in range(n):
+        if counts[e] < caps[e] and _pieces_for(weights[e], target, caps[e]) == 1:
+            keys[e] = -weights[e] / counts[e]
+    tree_build(keys, tree)
+    for _ in range(left):
+        e = tree_min(tree)
+        if keys[e] == np.inf:
+            return False
+        counts[e] += 1
+        keys[e] = -weights[e] / counts[e] if counts[e] < caps[e] else np.inf
+        tree_update(keys, tree, e)
+    return True
+
+
+@kernel
+def _light_first(weights, out, scratch):
+    """Writes into ``out`` (int64 [n]) the experts by ascending ``weights`` (float64 [n]),
+    ties by index; ``scratch``: the sort scratch of :func:`plumb.solver.pack.descending_order`.
+    The descending order read backwards has ties by descending index: each run of equal
+    weights is put back in index order."""
+    n = weights.shape[0]
+    descending_order(weights, out, scratch)
+    for i in range(n // 2):
+        out[i], out[n - 1 - i] = out[n - 1 - i], out[i]
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or weights[out[i]] != weights[out[start]]:
+            lo, hi = start, i - 1
+            while lo < hi:
+                out[lo], out[hi] = out[hi], out[lo]
+                lo += 1
+                hi -= 1
+            start = i
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -434,9 +493,13 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
     49, 30, 4] on 4 ranks of 3 slots: 3 + 3 replicas of the two hot experts pack to 1618.7;
     2 + 2, with the two lightest split, to 1299.5, ideal 1287.5).
     """
+    n = weights.shape[0]
     bins = slot_e.shape[0]
     top_speed = largest(speed)
     target = max_replica_load(weights, base_counts)
+    light_first = iscratch[LIGHT_FIRST, :n]
+    _light_first(weights, light_first, iscratch[SORT_SCRATCH])
+    size = tree_size(n)
     packings = 0
     fillers = False
     while packings < TARGET_TRIALS:
@@ -446,7 +509,9 @@ def _target_counts(weights, caps, speed, base_counts, counts, slot_e, slot_w, lo
         # A piece this large takes the maximum on its own, even on the fastest rank.
         if target / top_speed >= top:
             break
-        if not _counts_for_target(weights, caps, target, slot_e.size, fillers, trial_counts):
+        if not _counts_for_target(weights, caps, target, slot_e.size, fillers, light_first,
+                                  trial_counts, fscratch[FILL_KEYS, :size],
+                                  iscratch[FILL_TREE, :size]):
             continue
         sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
         bound = max(trial_item_w[0], cardinality_bound(

@@ -85,7 +85,8 @@ EXACT_ORDER = 25  # [n] exact search: experts by descending load
 EXACT_ROOM = 26   # [n + 1] exact search: replicas the experts from each position on can take
 EXACT_CHOICE = 27  # [m] exact search: the rank of each item
 EXACT_FILL = 28   # [b] exact search: slots used per rank
-INT_ROWS = 29
+LIGHT_FIRST = 29  # [n] target counts: experts by ascending load (ties by index)
+INT_ROWS = 30
 
 
 @njit(cache=True, nogil=True)

@@ -1,0 +1,75 @@
+"""The target counts of plumb.solver.place (hot experts cut into pieces of at most a target,
+spare slots handed out) against a plain one-replica-at-a-time reference."""
+
+import numpy as np
+import pytest
+
+from plumb.solver.mintree import tree_size
+from plumb.solver.place import _counts_for_target, _light_first
+from plumb.solver.workspace import RADIX_COUNTS
+
+
+def _reference(weights, caps, target, num_slots, fillers):
+    """Each spare slot picked by scanning every expert (the rule as stated)."""
+    n = len(weights)
+    counts = [min(max(int(np.ceil(w / target * (1.0 - 1e-12))), 1), int(c))
+              for w, c in zip(weights, caps)]
+    if sum(counts) > num_slots:
+        return False, counts
+    whole = [counts[e] == 1 for e in range(n)]
+    for _ in range(num_slots - sum(counts)):
+        pick = -1
+        for e in range(n):
+            if counts[e] >= caps[e]:
+                continue
+            if fillers:
+                better = pick < 0 or (counts[e], weights[e]) < (counts[pick], weights[pick])
+            else:
+                better = whole[e] and (pick < 0 or
+                                       weights[e] * counts[pick] > weights[pick] * counts[e])
+            if better:
+                pick = e
+        if pick < 0:
+            return False, counts
+        counts[pick] += 1
+    return True, counts
+
+
+def _light_order(weights):
+    order = np.empty(weights.shape[0], dtype=np.int64)
+    _light_first(weights, order, np.empty(weights.shape[0] + RADIX_COUNTS, dtype=np.int64))
+    return order
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_counts_for_target_matches_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    bins = int(rng.integers(1, 64))
+    weights = np.round(rng.lognormal(0.0, 1.5, n) * 20.0)
+    weights[rng.random(n) < 0.1] = 0.0
+    if seed % 4 == 0:
+        weights = np.repeat(weights[: max(n // 3, 1)], 3)[:n]  # runs of equal loads
+        n = weights.shape[0]
+    caps = np.full(n, bins, dtype=np.int64)
+    if seed % 3 == 0:
+        caps = rng.integers(1, bins + 1, n).astype(np.int64)
+    num_slots = n + int(rng.integers(0, 2 * n + 1))
+    light_first = _light_order(weights)
+    assert [tuple(p) for p in zip(weights[light_first], light_first)] == \
+        sorted(zip(weights, range(n)))
+    size = tree_size(n)
+    positive = weights[weights > 0]
+    targets = [positive.max() / k for k in (1, 2, 3, 5)] if positive.size else [1.0]
+    targets += list(rng.choice(positive, 3)) if positive.size else []
+    for target in targets:
+        for fillers in (True, False):
+            counts = np.empty(n, dtype=np.int64)
+            done = _counts_for_target(weights, caps, float(target), num_slots, fillers,
+                                      light_first, counts, np.empty(size),
+                                      np.empty(size, dtype=np.int64))
+            expected_done, expected = _reference(weights, caps, target, num_slots, fillers)
+            assert done == expected_done
+            if done:
+                assert counts.tolist() == expected
+                assert counts.sum() == num_slots
