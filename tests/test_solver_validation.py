@@ -127,6 +127,46 @@ def test_loads_too_large_for_a_slow_rank():
         plumb.evaluate(np.arange(8)[None, :], loads, topo)
 
 
+# Subnormal totals: the ideal rank time underflowed to 0.0, balancedness came out 0.0, and
+# the locality pass's node capacities (total / speeds) were 0.0 and divided by
+# (ZeroDivisionError on 5e-324 loads, rank speeds [3, 1, 1, 1], nearest dispatch).
+@pytest.mark.parametrize("loads", [
+    np.full((2, 12), 5e-324),
+    np.full((3, 2, 12), 1e-300) * np.array([1.0, 0.0, 0.0])[:, None, None],
+])
+def test_loads_whose_totals_underflow(loads):
+    with pytest.raises(InputError, match="loads are too small"):
+        plumb.solve(loads, 6, num_redundant=6)
+    with pytest.raises(InputError, match="loads are too small"):
+        plumb.evaluate(np.tile(np.arange(12), (2, 1)), loads, 6)
+
+
+def test_loads_just_over_the_floor_solve_like_large_ones():
+    rng = np.random.default_rng(0)
+    large = rng.lognormal(0.0, 1.0, (3, 16))
+    scale = 2.0 ** -960  # exact: the same floats, shifted exponents (sums stay above 1e-290)
+    tiny = plumb.solve(large * scale, 4, num_redundant=8)
+    assert np.array_equal(tiny.phy2log, plumb.solve(large, 4, num_redundant=8).phy2log)
+    assert np.allclose(tiny.metrics.balancedness, plumb.solve(large, 4, num_redundant=8)
+                       .metrics.balancedness)
+    # A layer with no load at all is fine at any scale.
+    assert plumb.solve(np.zeros((1, 16)), 4, num_redundant=8).metrics.balancedness == 1.0
+
+
+def test_loads_too_small_for_a_fast_rank():
+    topo = plumb.Topology.flat(4, rank_speed=[1.0, 1.0, 3.0, 1e20])
+    loads = np.full((1, 8), 1e-275)
+    with pytest.raises(InputError, match="rank speeds"):
+        plumb.solve(loads, topo)
+    with pytest.raises(InputError, match="rank speeds"):
+        plumb.evaluate(np.arange(8)[None, :], loads, topo)
+    traffic = np.ones((1, 4, 8), dtype=np.int64)
+    topo = plumb.Topology.cluster(nodes=2, gpus_per_node=2, rank_speed=[3.0, 1.0, 1.0, 1.0])
+    placed = plumb.solve(np.full((1, 8), 1e-280), topo, num_redundant=4, traffic=traffic,
+                         dispatch="nearest")
+    assert placed.metrics.balancedness > 0.5
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(traffic=np.full((1, 4, 8), 1e60)),
     dict(dispatch="nearest", num_redundant=4),

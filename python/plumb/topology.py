@@ -221,6 +221,11 @@ class Topology:
         return float(self.rank_speed.min())
 
     @cached_property
+    def fastest_speed(self) -> float:
+        """The largest rank speed (the load floor divides by it; read on every solve)."""
+        return float(self.rank_speed.max())
+
+    @cached_property
     def num_nodes(self) -> int:
         """Number of distinct nodes."""
         return int(np.unique(self.node_of_rank).size)

@@ -168,7 +168,9 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
             [E] (one layer), [L, E], or [T, L, E] (a window of steps, oldest first; summed).
             Only their ratios matter; each layer's total over the slowest rank's speed must
             be at most 1e300 (``plumb.solver.validate.LOAD_LIMIT``), and with traffic
-            metrics so must a layer's routed picks times the largest link cost.
+            metrics so must a layer's routed picks times the largest link cost; a layer's
+            total over the fastest rank's speed must be 0 or at least 1e-290
+            (``LOAD_FLOOR``).
         topo: plumb.Topology, or an int G (one node).
         num_redundant: extra replicas per layer; P = E + num_redundant slots, P % G == 0.
         num_groups: expert groups (contiguous, E % num_groups == 0) for group-limited routing.
@@ -256,7 +258,7 @@ def solve(loads: Any, topo: TopologyLike, num_redundant: int = 0, num_groups: in
     options = movement.as_movement_options(move_budget, layers, previous, num_layers,
                                            num_slots, dispatch)
     node_ranks, speed = kernel_topology(topo)
-    check_load_scale(weights, topo.slowest_speed)
+    check_load_scale(weights, topo.slowest_speed, topo.fastest_speed)
     solved = None
 
     if policy == "plumb":

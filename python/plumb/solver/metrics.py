@@ -202,7 +202,7 @@ def evaluate(phy2log: Any, loads: Any, topo: TopologyLike, previous: Any = None,
     """
     topo = as_topology(topo)
     weights, window = as_loads(loads)
-    check_load_scale(weights, topo.slowest_speed)
+    check_load_scale(weights, topo.slowest_speed, topo.fastest_speed)
     num_layers, num_experts = weights.shape
     if hasattr(phy2log, "phy2log"):
         phy2log = phy2log.phy2log

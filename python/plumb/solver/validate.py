@@ -65,6 +65,10 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
 # would make an open rank look full to the packing. Only the ratios of the loads matter, so
 # scaling them down loses nothing.
 LOAD_LIMIT = 1e300
+# The smallest positive total a layer (over the fastest rank's speed) may have: below it the
+# ideal rank time and the per-rank shares underflow (to subnormals, or to 0.0, which the
+# kernels then divide by).
+LOAD_FLOOR = 1e-290
 
 
 def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -72,7 +76,7 @@ def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
     ``loads``: [E] (one layer), [L, E], or [T, L, E] (per-step counts, oldest first; summed
     over T). Integer or float; every value finite and >= 0, each layer's total (over
-    experts, and steps) at most ``LOAD_LIMIT``.
+    experts, and steps) at most ``LOAD_LIMIT`` and either 0 or at least ``LOAD_FLOOR``.
     """
     arr = to_numpy(loads, "loads")
     if arr.dtype.kind not in "iuf":
@@ -92,20 +96,38 @@ def as_loads(loads: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
             arr = arr.sum(axis=0)
     elif arr.ndim == 1:
         arr = arr[None, :]
-    invalid, largest_total = _scan_loads(arr)
+    invalid, largest_total, smallest_total = _scan_loads(arr)
     if window is None:
         _check_values(invalid, arr)
     if not largest_total <= LOAD_LIMIT:
         raise InputError(f"loads are too large: a layer sums to {largest_total:.3g}; each "
                          f"layer's total load must be at most {LOAD_LIMIT:.0e} (only the "
                          f"loads' ratios matter: scale them down)")
+    if smallest_total < LOAD_FLOOR:
+        raise InputError(f"loads are too small: a layer sums to {smallest_total:.3g}; each "
+                         f"layer's total load must be 0 or at least {LOAD_FLOOR:.0e} (only the "
+                         f"loads' ratios matter: scale them up)")
     return arr, window
 
 
-def check_load_scale(weights: np.ndarray, slowest: float) -> None:
+def check_load_scale(weights: np.ndarray, slowest: float, fastest: float) -> None:
     """Raises InputError unless every layer's total of ``weights`` (float64 [L, E], from
-    :func:`as_loads`) over ``slowest`` (the smallest rank speed) is at most ``LOAD_LIMIT``;
-    :func:`as_loads` has checked the totals themselves, so only speeds below 1 can fail."""
+    :func:`as_loads`) over ``slowest`` (the smallest rank speed) is at most ``LOAD_LIMIT``
+    and, where positive, over ``fastest`` (the largest) at least ``LOAD_FLOOR``;
+    :func:`as_loads` has checked the totals themselves, so only speeds below or above 1 can
+    fail."""
+    if fastest > 1.0:
+        totals = weights.sum(axis=1)
+        with np.errstate(under="ignore"):
+            scaled = totals / fastest
+        small = np.flatnonzero((totals > 0.0) & (scaled < LOAD_FLOOR))
+        if small.size:
+            layer = int(small[0])
+            raise InputError(f"loads are too small for the topology's rank speeds: layer "
+                             f"{layer} sums to {totals[layer]:.3g}, over the fastest rank's "
+                             f"speed {fastest:.3g} that is {scaled[layer]:.3g}; it must be 0 "
+                             f"or at least {LOAD_FLOOR:.0e} (only the loads' ratios matter: "
+                             "scale them up)")
     if slowest >= 1.0:
         return
     totals = weights.sum(axis=1)
@@ -129,10 +151,11 @@ def first_over_limit(totals: np.ndarray, factor: float) -> int:
 @njit(cache=True, nogil=True)
 def _scan_loads(rows):
     """(how many of ``rows`` (float64 [R, E]) are NaN, infinite or negative, the largest row
-    sum): one pass over the loads, cheaper than the numpy reductions it replaces at model
-    sizes."""
+    sum, the smallest positive row sum or inf): one pass over the loads, cheaper than the
+    numpy reductions it replaces at model sizes."""
     invalid = 0
     largest = 0.0
+    smallest = np.inf
     for r in range(rows.shape[0]):
         total = 0.0
         for e in range(rows.shape[1]):
@@ -141,7 +164,9 @@ def _scan_loads(rows):
             invalid += not (0.0 <= value < np.inf)
             total += value
         largest = max(largest, total)
-    return invalid, largest
+        if total > 0.0:
+            smallest = min(smallest, total)
+    return invalid, largest, smallest
 
 
 def _check_values(invalid: int, arr: np.ndarray) -> None:
