@@ -169,8 +169,9 @@ def _rows(item_w, item_e, owner, bins):
             for r in range(bins)]
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(2, 10), st.integers(1, 5), st.integers(0, 2**32 - 1), st.booleans())
+# Slots up to 10: with at most refine.SEED_SLOTS the search scores the lightest rank first.
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 10), st.integers(1, 10), st.integers(0, 2**32 - 1), st.booleans())
 def test_windowed_partner_search_takes_the_swaps_of_a_brute_force_search(
         num_ranks, slots, seed, equal_shares):
     rng = np.random.default_rng(seed)

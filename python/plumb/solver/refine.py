@@ -43,6 +43,10 @@ _MIN_GAIN = 1e-12
 # Slots per rank up to which pair exchanges score every pair of pairs (28 x 28 per partner
 # at 8 slots; 120 x 120 at 16).
 EXHAUSTIVE_PAIR_SLOTS = 8
+# Up to this many slots per rank the swap search scores the lightest rank's S**2 swaps before
+# its window (see _best_swap); with more, they cost more than the window they narrow (20
+# slots, Qwen3-30B on 8 ranks: 8% slower solves).
+SEED_SLOTS = 8
 
 
 @kernel
@@ -101,7 +105,7 @@ def slots_of_items(item_w, item_e, slot_item, slot_e, slot_w):
 
 @kernel
 def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_speed, has,
-               forbid_dup, h, best, max_speed, min_load, unit_speed):
+               forbid_dup, h, best, max_speed, lightest, unit_speed):
     """The best single swap for the busiest rank ``h``: ``(x, y)``, the replica of ``h`` and
     its partner (indices into the sorted list), or ``(-1, -1)`` when none lands below ``best``.
 
@@ -111,6 +115,13 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
     ``unit_speed``: every rank's speed is 1.0, so times are loads (the same floats: x * 1.0
     is x): a candidate is scored from ``owner_load`` (float64 [m], the load of each
     replica's rank), read in list order, and its rank is looked up only when it can win.
+
+    With at most ``SEED_SLOTS`` slots per rank, the swaps with ``lightest`` (the rank of
+    smallest load) are scored first. The answer is
+    the same (the least time, then the lowest rank, replica and partner, whatever the order
+    of scoring), but the window starts from their best: bounded only by ``best`` and the
+    lightest load, it held about 1,500 replicas per step with 256 ranks of 4 slots on skewed
+    loads, most of them on ranks near the top.
     """
     m = item_w.shape[0]
     slots = slot_item.shape[1]
@@ -118,9 +129,26 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
     load_h = load[h]
     tol = 1e-9 * load_h
     cur = best
+    bx = by = br = -1
+    if lightest != h and slots <= SEED_SLOTS:
+        r = lightest
+        for k in range(slots):
+            x = slot_item[h, k]
+            ea = item_e[x]
+            for j in range(slots):
+                y = slot_item[r, j]
+                d = item_w[x] - item_w[y]
+                if unit_speed:
+                    worse = max(load_h - d, owner_load[y] + d)
+                else:
+                    worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
+                better = worse < cur or (br >= 0 and worse == cur and (
+                    x < bx or (x == bx and y < by)))
+                if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
+                    cur, bx, by, br = worse, x, y, r
+    min_load = load[lightest]
     lo = load_h - cur * sh - tol           # h ends above cur unless d exceeds this
     hi = cur * max_speed - min_load + tol  # no rank can take d this large and end below cur
-    bx = by = br = -1
     for k in range(slots):
         x = slot_item[h, k]
         a = item_w[x]
@@ -398,7 +426,7 @@ def refine_items(item_w, item_e, slot_item, load, speed, has, forbid_dup, max_sw
         best = -busy[h] * (1.0 - _MIN_GAIN)
         x, y = _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed,
                           inv_speed, has, forbid_dup, h, best, max_speed,
-                          light[tree_min(light_tree)], unit_speed)
+                          tree_min(light_tree), unit_speed)
         if x >= 0:
             partner = owner[y]
             _apply_swap(item_e, item_w, owner, position, slot_item, load, has, x, y)
