@@ -32,10 +32,6 @@ def _table_rows(text, first_header):
 
 
 def test_bench_solve_smoke(tmp_path, capsys):
-    import plumb
-
-    if not hasattr(plumb, "solve"):
-        pytest.skip("plumb.solve not available yet")
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## histogram\n\nkeep me\n")
     assert bench.run(_args(tmp_path)) == 0

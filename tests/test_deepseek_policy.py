@@ -247,8 +247,6 @@ def test_properties(problem):
 def test_through_plumb_solve():
     import plumb
 
-    if not hasattr(plumb, "solve"):
-        pytest.skip("plumb.solve not available yet")
     w = np.array(KNOWN_WEIGHT, dtype=np.float64)
     topo = plumb.Topology.cluster(nodes=2, gpus_per_node=4)
     p = plumb.solve(w, topo, num_redundant=4, num_groups=4, policy="deepseek")

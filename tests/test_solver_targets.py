@@ -1,5 +1,7 @@
-"""The target counts of plumb.solver.place (hot experts cut into pieces of at most a target,
-spare slots handed out) against a plain one-replica-at-a-time reference."""
+"""Count searches of plumb.solver.place against plain references: the target counts (hot
+experts cut into pieces of at most a target, spare slots handed out) against handing out one
+replica at a time, and the paired count search's moved pairing optimum against sorting the
+moved counts."""
 
 import numpy as np
 import pytest
@@ -73,3 +75,40 @@ def test_counts_for_target_matches_the_reference(seed):
             if done:
                 assert counts.tolist() == expected
                 assert counts.sum() == num_slots
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_moved_pairing_optimum_equals_sorting_the_moved_counts(seed):
+    from plumb.solver.pack import sorted_items
+    from plumb.solver.place import _moved_paired_max, _paired_max
+    from plumb.solver.workspace import ORDER, SHARE, workspace
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 200))
+    bins = int(rng.integers(max(1, (n + 1) // 2), n + 1))
+    weights = np.round(rng.lognormal(0.0, 1.0, n) * 10.0)
+    if seed % 3 == 0:
+        weights = np.repeat(weights[: max(n // 4, 1)], 4)[:n]  # equal pieces, ties by index
+        n = weights.shape[0]
+        bins = max(bins, (n + 1) // 2)
+    counts = np.ones(n, dtype=np.int64)
+    for e in rng.integers(0, n, 2 * bins - n):
+        counts[e] += 1
+    fscratch, iscratch = workspace(n, bins, 2)
+    item_w = np.empty(2 * bins)
+    item_e = np.empty(2 * bins, dtype=np.int64)
+    sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
+    order = iscratch[ORDER, :n].copy()
+    share = fscratch[SHARE, :n].copy()
+    moved = np.empty(n, dtype=np.int64)
+    for _ in range(40):
+        gainer, donor = (int(x) for x in rng.integers(0, n, 2))
+        if gainer == donor or counts[donor] < 2:
+            continue
+        fast = _moved_paired_max(weights, counts, order, share, gainer, donor, bins, moved)
+        after = counts.copy()
+        after[gainer] += 1
+        after[donor] -= 1
+        sorted_items(weights, after, item_w, item_e, fscratch, iscratch)
+        assert fast == _paired_max(item_w, bins)[0]
+        assert moved.tolist() == iscratch[ORDER, :n].tolist()
