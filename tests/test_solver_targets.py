@@ -112,3 +112,79 @@ def test_moved_pairing_optimum_equals_sorting_the_moved_counts(seed):
         sorted_items(weights, after, item_w, item_e, fscratch, iscratch)
         assert fast == _paired_max(item_w, bins)[0]
         assert moved.tolist() == iscratch[ORDER, :n].tolist()
+
+
+def _pairing(weights, counts, bins):
+    """(pairing optimum, expert of its heavy piece, expert of its light piece) of the pieces
+    ``weights / counts`` sorted by descending piece, ties by expert."""
+    pieces = np.repeat(weights / counts, counts)
+    experts = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((experts, -pieces))
+    pieces, experts = pieces[order], experts[order]
+    sums = pieces[:bins] + pieces[::-1][:bins]
+    worst = int(np.argmax(sums))
+    return sums[worst], experts[worst], experts[len(pieces) - 1 - worst]
+
+
+def _reference_paired_search(weights, counts, bins, rounds=16):
+    """The paired count search beyond 32 experts, plainly: each round, every move of one
+    replica to an expert of the worst pair (heavy piece first) from any donor (index order),
+    scored by sorting the pieces; the first strictly lowest taken. Returns the counts."""
+    counts = counts.copy()
+    current, heavy, light = _pairing(weights, counts, bins)
+    for _ in range(rounds):
+        best, move = current, None
+        for gainer in dict.fromkeys((heavy, light)):
+            if counts[gainer] >= bins:
+                continue
+            for donor in range(len(counts)):
+                if donor == gainer or counts[donor] <= 1:
+                    continue
+                counts[gainer] += 1
+                counts[donor] -= 1
+                value = _pairing(weights, counts, bins)[0]
+                counts[gainer] -= 1
+                counts[donor] += 1
+                if value < best * (1.0 - 1e-12):
+                    best, move = value, (gainer, donor)
+        if move is None:
+            break
+        counts[move[0]] += 1
+        counts[move[1]] -= 1
+        current, heavy, light = _pairing(weights, counts, bins)
+    return counts
+
+
+@pytest.mark.parametrize("bins, num_experts, seed", [(48, 64, 0), (64, 64, 2), (128, 128, 3)])
+def test_paired_count_search_beyond_32_experts_matches_the_reference(bins, num_experts, seed):
+    from plumb.solver.place import _paired_count_search
+    from plumb.solver.replicate import water_fill
+    from plumb.solver.workspace import workspace
+
+    rng = np.random.default_rng(seed)
+    weights = np.round(rng.lognormal(0.0, 1.5, num_experts) * 100)
+    caps = np.full(num_experts, bins, dtype=np.int64)
+    counts = np.empty(num_experts, dtype=np.int64)
+    water_fill(weights, 2 * bins, caps, counts)
+    expected = _reference_paired_search(weights, counts, bins)
+    assert _pairing(weights, expected, bins)[0] < _pairing(weights, counts, bins)[0] * 0.97
+    speed = np.ones(bins)
+    slot_e = np.zeros((bins, 2), dtype=np.int64)
+    slot_w = np.zeros((bins, 2))
+    load = np.zeros(bins)
+    has = np.zeros((bins, num_experts), dtype=np.int16)
+    trial = (np.empty(num_experts, dtype=np.int64), np.empty((bins, 2), dtype=np.int64),
+             np.empty((bins, 2)), np.empty(bins), np.empty(2 * bins),
+             np.empty(2 * bins, dtype=np.int64))
+    top = _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has, np.inf,
+                               *trial, 0.0, *workspace(num_experts, bins, 2))
+    assert counts.tolist() == expected.tolist()
+    assert top == load.max()
+    # Packed by the pairing itself unless it puts an expert twice on a rank.
+    pieces = np.repeat(np.arange(num_experts), expected)[
+        np.lexsort((np.repeat(np.arange(num_experts), expected), -np.repeat(weights / expected,
+                                                                            expected)))]
+    if not (pieces[:bins] == pieces[::-1][:bins]).any():
+        assert top == _pairing(weights, expected, bins)[0]
+    assert sorted(slot_e.ravel().tolist()) == sorted(np.repeat(np.arange(num_experts),
+                                                               expected).tolist())
