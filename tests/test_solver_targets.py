@@ -100,18 +100,21 @@ def test_moved_pairing_optimum_equals_sorting_the_moved_counts(seed):
     sorted_items(weights, counts, item_w, item_e, fscratch, iscratch)
     order = iscratch[ORDER, :n].copy()
     share = fscratch[SHARE, :n].copy()
-    moved = np.empty(n, dtype=np.int64)
     for _ in range(40):
         gainer, donor = (int(x) for x in rng.integers(0, n, 2))
         if gainer == donor or counts[donor] < 2:
             continue
-        fast = _moved_paired_max(weights, counts, order, share, gainer, donor, bins, moved)
+        fast = _moved_paired_max(weights, counts, order, share, gainer, donor, bins, np.inf)
         after = counts.copy()
         after[gainer] += 1
         after[donor] -= 1
         sorted_items(weights, after, item_w, item_e, fscratch, iscratch)
-        assert fast == _paired_max(item_w, bins)[0]
-        assert moved.tolist() == iscratch[ORDER, :n].tolist()
+        exact = _paired_max(item_w, bins)[0]
+        assert fast == exact
+        # With a limit: the exact value below it, some value at or above it otherwise.
+        for limit in (exact, exact * 1.01, exact * 0.99, item_w[0]):
+            cut = _moved_paired_max(weights, counts, order, share, gainer, donor, bins, limit)
+            assert cut == exact if exact < limit else cut >= limit
 
 
 def _pairing(weights, counts, bins):

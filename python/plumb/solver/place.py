@@ -39,7 +39,7 @@ from .pack import (descending_order, expand_items, lpt_loads, lpt_place, repair_
 from .refine import pair_sweep, refine_items, refine_slots, refine_swaps, slots_of_items
 from .replicate import max_replica_load, water_fill_into
 from .workspace import (BASE_COUNTS, FILL_KEYS, FILL_TREE, ITEM_E, ITEM_W, LIGHT_FIRST, ORDER,
-                        PAIRED_ORDER, PREFIX, SHARE, SLOT_ITEM, SORT_SCRATCH, SUFFIX,
+                        PREFIX, SHARE, SLOT_ITEM, SORT_SCRATCH, SUFFIX,
                         TRIAL_COUNTS, TRIAL_E, TRIAL_ITEM_E, TRIAL_ITEM_W, TRIAL_LOAD, TRIAL_W,
                         copy_into, workspace)
 
@@ -545,15 +545,17 @@ def _paired_max(item_w, bins):
 
 
 @kernel
-def _moved_paired_max(weights, counts, order, share, gainer, donor, bins, moved):
+def _moved_paired_max(weights, counts, order, share, gainer, donor, bins, limit):
     """:func:`_paired_max` of the pieces after one replica moves from ``donor`` to ``gainer``,
-    without sorting them again: ``order`` int64 [n] lists the experts by descending piece
-    ``share`` (float64 [n], ``weights / counts``; ties by index, as :func:`sorted_items`
-    leaves them), the two moved experts are merged back in at their new pieces
-    (``moved`` int64 [n], scratch), and the pairs are read from both ends of that list,
-    each expert standing for its replicas. Same floats and order as sorting the moved
-    counts, so the same sum; O(n) instead of a sort of the experts and a pass over the
-    ``2 * bins`` pieces."""
+    without sorting them again, or some value >= ``limit`` once the pairs reach it.
+
+    ``order`` int64 [n] lists the experts by descending piece ``share`` (float64 [n],
+    ``weights / counts``; ties by index, as :func:`sorted_items` leaves them). The pairs are
+    read from both ends of that list, each expert standing for its replicas, with the two
+    moved experts merged in at their new pieces as the ends reach them: the same floats in
+    the same order as sorting the moved counts, so the same sum, in O(bins) steps instead of
+    a sort of the experts and a pass over the ``2 * bins`` pieces.
+    """
     n = order.shape[0]
     gain_piece = weights[gainer] / (counts[gainer] + 1)
     donor_piece = weights[donor] / (counts[donor] - 1)
@@ -561,43 +563,43 @@ def _moved_paired_max(weights, counts, order, share, gainer, donor, bins, moved)
     second, second_piece = donor, donor_piece
     if _after(first_piece, first, second_piece, second):
         first, first_piece, second, second_piece = second, second_piece, first, first_piece
-    k = 0
-    placed = 0
-    for e in order:
-        if e == gainer or e == donor:
-            continue
-        if placed == 0 and _after(share[e], e, first_piece, first):
-            moved[k] = first
-            k += 1
-            placed = 1
-        if placed == 1 and _after(share[e], e, second_piece, second):
-            moved[k] = second
-            k += 1
-            placed = 2
-        moved[k] = e
-        k += 1
-    if placed == 0:
-        moved[k] = first
-        k += 1
-    if placed < 2:
-        moved[k] = second
-    front = 0
-    front_left = _moved_count(counts, moved[0], gainer, donor)
+    front = front_taken = 0
     back = n - 1
-    back_left = _moved_count(counts, moved[back], gainer, donor)
+    back_taken = 0
+    front_e = back_e = 0
+    front_left = back_left = 0
     top = 0.0
     for _ in range(bins):
-        top = max(top, _moved_piece(share, moved[front], gainer, gain_piece, donor,
-                                    donor_piece)
-                  + _moved_piece(share, moved[back], gainer, gain_piece, donor, donor_piece))
+        if front_left == 0:
+            while front < n and (order[front] == gainer or order[front] == donor):
+                front += 1
+            e = order[front] if front < n else -1
+            if front_taken == 0 and (front == n or _after(share[e], e, first_piece, first)):
+                front_e, front_taken = first, 1
+            elif front_taken == 1 and (front == n or _after(share[e], e, second_piece, second)):
+                front_e, front_taken = second, 2
+            else:
+                front_e = e
+                front += 1
+            front_left = _moved_count(counts, front_e, gainer, donor)
+        if back_left == 0:
+            while back >= 0 and (order[back] == gainer or order[back] == donor):
+                back -= 1
+            e = order[back] if back >= 0 else -1
+            if back_taken == 0 and (back < 0 or _after(second_piece, second, share[e], e)):
+                back_e, back_taken = second, 1
+            elif back_taken == 1 and (back < 0 or _after(first_piece, first, share[e], e)):
+                back_e, back_taken = first, 2
+            else:
+                back_e = e
+                back -= 1
+            back_left = _moved_count(counts, back_e, gainer, donor)
+        top = max(top, _moved_piece(share, front_e, gainer, gain_piece, donor, donor_piece)
+                  + _moved_piece(share, back_e, gainer, gain_piece, donor, donor_piece))
+        if top >= limit:
+            break
         front_left -= 1
-        if front_left == 0 and front + 1 < n:
-            front += 1
-            front_left = _moved_count(counts, moved[front], gainer, donor)
         back_left -= 1
-        if back_left == 0 and back > 0:
-            back -= 1
-            back_left = _moved_count(counts, moved[back], gainer, donor)
     return top
 
 
@@ -667,7 +669,6 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
     n = weights.shape[0]
     bins = slot_e.shape[0]
     m = slot_e.size
-    moved = iscratch[PAIRED_ORDER, :n]
     order = iscratch[ORDER, :n]
     share = fscratch[SHARE, :n]
     every = n <= SEARCH_EXPERTS
@@ -685,11 +686,14 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
                     trial_counts[gainer] >= min(caps[gainer], bins):
                 continue
             for donor in range(n):
-                if donor == gainer or trial_counts[donor] <= 1:
+                # The donor's grown piece pairs with something: at least it is the maximum.
+                if donor == gainer or trial_counts[donor] <= 1 or \
+                        weights[donor] / (trial_counts[donor] - 1) >= best:
                     continue
+                limit = best * (1.0 - 1e-12)
                 value = _moved_paired_max(weights, trial_counts, order, share, gainer, donor,
-                                          bins, moved)
-                if value < best * (1.0 - 1e-12):
+                                          bins, limit)
+                if value < limit:
                     best, best_gainer, best_donor = value, gainer, donor
         if best_gainer < 0:
             break

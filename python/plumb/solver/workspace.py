@@ -86,8 +86,7 @@ EXACT_ROOM = 26   # [n + 1] exact search: replicas the experts from each positio
 EXACT_CHOICE = 27  # [m] exact search: the rank of each item
 EXACT_FILL = 28   # [b] exact search: slots used per rank
 LIGHT_FIRST = 29  # [n] target counts: experts by ascending load (ties by index)
-PAIRED_ORDER = 30  # [n] paired count search: the experts' order after a replica move
-INT_ROWS = 31
+INT_ROWS = 30
 
 
 @njit(cache=True, nogil=True)
