@@ -97,15 +97,21 @@ def test_errors_are_value_errors():
 
 # Every value finite, the sums not: a layer's total (or its time on a slow rank) overflowed to
 # inf, which made open ranks look full to the packing (out-of-bounds slot writes, garbage
-# placements, a heap corruption abort).
-@pytest.mark.parametrize("loads", [
-    np.full((2, 12), 1e308),
-    np.full((3, 2, 12), 1e299),  # each step's layer sums to 1.2e300, the window to 3.6e300
+# placements, a heap corruption abort). Subnormal totals: the ideal rank time underflowed to
+# 0.0, balancedness came out 0.0, and the locality pass's node capacities (total / speeds)
+# were 0.0 and divided by (ZeroDivisionError on 5e-324 loads, rank speeds [3, 1, 1, 1],
+# nearest dispatch).
+@pytest.mark.parametrize("loads, message", [
+    (np.full((2, 12), 1e308), "too large"),
+    # each step's layer sums to 1.2e300, the window to 3.6e300
+    (np.full((3, 2, 12), 1e299), "too large"),
+    (np.full((2, 12), 5e-324), "too small"),
+    (np.full((3, 2, 12), 1e-300) * np.array([1.0, 0.0, 0.0])[:, None, None], "too small"),
 ])
-def test_loads_whose_totals_overflow(loads):
-    with pytest.raises(InputError, match="loads are too large"):
+def test_loads_whose_totals_overflow_or_underflow(loads, message):
+    with pytest.raises(InputError, match=f"loads are {message}"):
         plumb.solve(loads, 6, num_redundant=6)
-    with pytest.raises(InputError, match="loads are too large"):
+    with pytest.raises(InputError, match=f"loads are {message}"):
         plumb.evaluate(np.tile(np.arange(12), (2, 1)), loads, 6)
 
 
@@ -125,20 +131,6 @@ def test_loads_too_large_for_a_slow_rank():
         plumb.solve(loads, topo)
     with pytest.raises(InputError, match="rank speeds"):
         plumb.evaluate(np.arange(8)[None, :], loads, topo)
-
-
-# Subnormal totals: the ideal rank time underflowed to 0.0, balancedness came out 0.0, and
-# the locality pass's node capacities (total / speeds) were 0.0 and divided by
-# (ZeroDivisionError on 5e-324 loads, rank speeds [3, 1, 1, 1], nearest dispatch).
-@pytest.mark.parametrize("loads", [
-    np.full((2, 12), 5e-324),
-    np.full((3, 2, 12), 1e-300) * np.array([1.0, 0.0, 0.0])[:, None, None],
-])
-def test_loads_whose_totals_underflow(loads):
-    with pytest.raises(InputError, match="loads are too small"):
-        plumb.solve(loads, 6, num_redundant=6)
-    with pytest.raises(InputError, match="loads are too small"):
-        plumb.evaluate(np.tile(np.arange(12), (2, 1)), loads, 6)
 
 
 def test_loads_just_over_the_floor_solve_like_large_ones():
