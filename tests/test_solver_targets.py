@@ -117,13 +117,18 @@ def test_moved_pairing_optimum_equals_sorting_the_moved_counts(seed):
             assert cut == exact if exact < limit else cut >= limit
 
 
-def _pairing(weights, counts, bins):
-    """(pairing optimum, expert of its heavy piece, expert of its light piece) of the pieces
-    ``weights / counts`` sorted by descending piece, ties by expert."""
+def _sorted_pieces(weights, counts):
+    """(pieces, their experts) of ``weights / counts``, by descending piece, ties by expert."""
     pieces = np.repeat(weights / counts, counts)
     experts = np.repeat(np.arange(len(counts)), counts)
     order = np.lexsort((experts, -pieces))
-    pieces, experts = pieces[order], experts[order]
+    return pieces[order], experts[order]
+
+
+def _pairing(weights, counts, bins):
+    """(pairing optimum, expert of its heavy piece, expert of its light piece) of the pieces
+    ``weights / counts`` sorted by descending piece, ties by expert."""
+    pieces, experts = _sorted_pieces(weights, counts)
     sums = pieces[:bins] + pieces[::-1][:bins]
     worst = int(np.argmax(sums))
     return sums[worst], experts[worst], experts[len(pieces) - 1 - worst]
@@ -184,10 +189,8 @@ def test_paired_count_search_beyond_32_experts_matches_the_reference(bins, num_e
     assert counts.tolist() == expected.tolist()
     assert top == load.max()
     # Packed by the pairing itself unless it puts an expert twice on a rank.
-    pieces = np.repeat(np.arange(num_experts), expected)[
-        np.lexsort((np.repeat(np.arange(num_experts), expected), -np.repeat(weights / expected,
-                                                                            expected)))]
-    if not (pieces[:bins] == pieces[::-1][:bins]).any():
+    experts = _sorted_pieces(weights, expected)[1]
+    if not (experts[:bins] == experts[::-1][:bins]).any():
         assert top == _pairing(weights, expected, bins)[0]
     assert sorted(slot_e.ravel().tolist()) == sorted(np.repeat(np.arange(num_experts),
                                                                expected).tolist())

@@ -669,6 +669,7 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
     n = weights.shape[0]
     bins = slot_e.shape[0]
     m = slot_e.size
+    # sorted_items leaves the experts' order and pieces here, for _moved_paired_max.
     order = iscratch[ORDER, :n]
     share = fscratch[SHARE, :n]
     every = n <= SEARCH_EXPERTS
@@ -677,6 +678,7 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
     current, worst = _paired_max(trial_item_w, bins)
     for _ in range(PAIRED_ROUNDS):
         best = current
+        limit = best * (1.0 - 1e-12)
         best_gainer = best_donor = -1
         heavy = trial_item_e[worst]
         light = trial_item_e[m - 1 - worst]
@@ -690,11 +692,11 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
                 if donor == gainer or trial_counts[donor] <= 1 or \
                         weights[donor] / (trial_counts[donor] - 1) >= best:
                     continue
-                limit = best * (1.0 - 1e-12)
                 value = _moved_paired_max(weights, trial_counts, order, share, gainer, donor,
                                           bins, limit)
                 if value < limit:
                     best, best_gainer, best_donor = value, gainer, donor
+                    limit = best * (1.0 - 1e-12)
         if best_gainer < 0:
             break
         trial_counts[best_gainer] += 1
@@ -703,9 +705,9 @@ def _paired_count_search(weights, caps, speed, counts, slot_e, slot_w, load, has
         current, worst = _paired_max(trial_item_w, bins)
     if current / speed[0] >= top * (1.0 - 1e-9):
         return top
-    sorted_items(weights, trial_counts, trial_item_w, trial_item_e, fscratch, iscratch)
-    # The pairing itself, unless it puts an expert twice on a rank (LPT and the swap search
-    # can miss it: 1451 against its 1425.7 on the example above).
+    # The items are those of trial_counts already (sorted after the last move). The pairing
+    # itself, unless it puts an expert twice on a rank (LPT and the swap search can miss it:
+    # 1451 against its 1425.7 on the example above).
     if _pair_pieces(trial_item_w, trial_item_e, trial_e, trial_w, trial_load):
         trial = time_max(trial_load, speed)
     else:

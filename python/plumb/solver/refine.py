@@ -28,6 +28,7 @@ busy one (one swap per pair): it lifts the ranks LPT left lowest, which bound th
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .jit import kernel, largest
 from .mintree import tree_build, tree_min, tree_size, tree_update
@@ -135,7 +136,6 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
         r = lightest
         for k in range(slots):
             x = slot_item[h, k]
-            ea = item_e[x]
             for j in range(slots):
                 y = slot_item[r, j]
                 d = item_w[x] - item_w[y]
@@ -143,9 +143,7 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
                     worse = max(load_h - d, owner_load[y] + d)
                 else:
                     worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
-                better = worse < cur or (br >= 0 and worse == cur and (
-                    x < bx or (x == bx and y < by)))
-                if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
+                if _takes(worse, cur, r, x, y, br, bx, by, forbid_dup, has, h, item_e):
                     cur, bx, by, br = worse, x, y, r
     min_load = load[lightest]
     lo = load_h - cur * sh - tol           # h ends above cur unless d exceeds this
@@ -153,7 +151,6 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
     for k in range(slots):
         x = slot_item[h, k]
         a = item_w[x]
-        ea = item_e[x]
         y = x + 1
         while y < m and a - item_w[y] <= lo:
             y += 1
@@ -165,15 +162,23 @@ def _best_swap(item_w, item_e, owner, owner_load, slot_item, load, speed, inv_sp
             else:
                 r = owner[y]
                 worse = max((load_h - d) * inv_speed[h], (load[r] + d) * inv_speed[r])
-            if r != h:
-                better = worse < cur or (br >= 0 and worse == cur and (
-                    r < br or (r == br and (x < bx or (x == bx and y < by)))))
-                if better and not (forbid_dup and (has[r, ea] > 0 or has[h, item_e[y]] > 0)):
-                    cur, bx, by, br = worse, x, y, r
-                    lo = load_h - cur * sh - tol
-                    hi = cur * max_speed - min_load + tol
+            if r != h and _takes(worse, cur, r, x, y, br, bx, by, forbid_dup, has, h, item_e):
+                cur, bx, by, br = worse, x, y, r
+                lo = load_h - cur * sh - tol
+                hi = cur * max_speed - min_load + tol
             y += 1
     return bx, by
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _takes(worse, cur, r, x, y, br, bx, by, forbid_dup, has, h, item_e):
+    """Whether swapping replica ``x`` of ``h`` with ``y`` of ``r`` (time ``worse``) replaces
+    the best swap so far (``cur``, rank ``br``, replicas ``bx`` / ``by``; ``br`` -1 when
+    none): a lower time, or on equal times a lower rank, replica, then partner; never one that
+    puts an expert twice on a rank when ``forbid_dup``."""
+    better = worse < cur or (br >= 0 and worse == cur and (
+        r < br or (r == br and (x < bx or (x == bx and y < by)))))
+    return better and not (forbid_dup and (has[r, item_e[x]] > 0 or has[h, item_e[y]] > 0))
 
 
 @kernel

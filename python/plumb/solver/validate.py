@@ -116,8 +116,10 @@ def check_load_scale(weights: np.ndarray, slowest: float, fastest: float) -> Non
     and, where positive, over ``fastest`` (the largest) at least ``LOAD_FLOOR``;
     :func:`as_loads` has checked the totals themselves, so only speeds below or above 1 can
     fail."""
+    if slowest >= 1.0 and fastest <= 1.0:
+        return
+    totals = weights.sum(axis=1)
     if fastest > 1.0:
-        totals = weights.sum(axis=1)
         with np.errstate(under="ignore"):
             scaled = totals / fastest
         small = np.flatnonzero((totals > 0.0) & (scaled < LOAD_FLOOR))
@@ -130,7 +132,6 @@ def check_load_scale(weights: np.ndarray, slowest: float, fastest: float) -> Non
                              "scale them up)")
     if slowest >= 1.0:
         return
-    totals = weights.sum(axis=1)
     layer = first_over_limit(totals, 1.0 / slowest)
     if layer >= 0:
         scaled = totals[layer] / slowest
