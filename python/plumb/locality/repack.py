@@ -77,12 +77,17 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
     free replicas by node LPT."""
     num_experts, nodes = pref.shape
     benefit = np.empty(num_experts, dtype=np.float64)
+    # Each expert's cheapest node, the first on ties (what _by_preference puts first).
+    cheapest = np.empty(num_experts, dtype=np.int64)
     for e in range(num_experts):
         total = 0.0
         low = np.inf
+        cheapest[e] = 0
         for n in range(nodes):
             total += pref[e, n]
-            low = min(low, pref[e, n])
+            if pref[e, n] < low:
+                low = pref[e, n]
+                cheapest[e] = n
         # Clipped at 0: rounding may leave a tiny negative where every node costs the same.
         benefit[e] = max(0.0, total / nodes - low)
     node_load = np.zeros(nodes, dtype=np.float64)
@@ -94,11 +99,14 @@ def _assign_nodes(cnt, first, item_e, item_w, pref, node_cap, node_slots, gpn, n
     for e in by_benefit:
         if benefit[e] <= 0.0:
             break
-        # A second copy on a node serves no new sources under nearest dispatch.
-        _by_preference(pref, e, order)
+        # A second copy on a node serves no new sources under nearest dispatch. Only then
+        # is the whole order needed (sorting every expert's nodes was 5% of a solve).
+        spread = nearest and cnt[e] > 1
+        if spread:
+            _by_preference(pref, e, order)
         for k in range(cnt[e]):
             # Even dispatch: every replica wants the best node; nearest: spread over the best.
-            n = order[k % nodes] if nearest else order[0]
+            n = order[k % nodes] if spread else cheapest[e]
             w = item_w[first[e] + k]
             if (node_load[n] + w <= pin_fill * node_cap[n]
                     and node_fill[n] + 1 <= pin_fill * node_slots and copies[n, e] < gpn):
